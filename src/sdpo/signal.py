@@ -1,0 +1,485 @@
+"""The hindsight signal: per-token teacher/student log-probs and their log-ratio.
+
+For an example ``(x, y, o)`` the student context is ``x`` and the teacher context is
+``x`` with the follow-up ``o`` placed by a :mod:`sdpo.templates` template. ``y`` is
+tokenized once; the same ids are scored under both contexts and
+
+    A_t = log p(y_t | teacher context, y_<t) - log p(y_t | x, y_<t).
+
+How it is computed (and why it is cheaper than the obvious way):
+
+* every sequence is ``[left padding | context | response | right padding]``, so all
+  responses of a forward start at the same column; position ids are derived from the
+  attention mask, so padding never shifts positions (batch invariance);
+* sequences are grouped into micro-batches of similar length (a small dynamic
+  programme over the sorted lengths), so uneven batches waste little on padding;
+  without gradients, student and teacher rows share micro-batches, i.e. both
+  contexts go through one forward where that packs better;
+* only the hidden states at response positions reach the output head, in chunks of
+  a bounded number of tokens, each reduced to ``logit[target] - logsumexp`` in
+  float32 right away: no full-sequence, full-vocabulary log-softmax is ever held.
+  With gradients the chunks are recomputed in the backward pass (checkpointing), so
+  memory stays bounded there too;
+* contexts longer than ``max_context_tokens`` are cut from the left; ``y`` never is.
+
+Trainers call :func:`completion_logprobs` / :func:`hindsight_logprobs` with the
+student side differentiable and the teacher side under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sdpo.templates import DEFAULT_TEMPLATE, Messages, TeacherTemplate, get_template, render_context
+
+DEFAULT_MAX_CONTEXT_TOKENS = 2048
+LOGITS_CHUNK_BYTES = 64 * 2**20
+
+
+class SignalInputError(ValueError):
+    """An example cannot be scored; the message names the example and the field."""
+
+
+@dataclass
+class HindsightExample:
+    """One interaction: context ``x`` (a prompt or chat messages), response ``y``, follow-up ``o``."""
+
+    x: str | Messages
+    y: str
+    o: str
+
+
+@dataclass
+class EncodedExample:
+    """Token ids of one example: both contexts and the (shared) response."""
+
+    student_context: list[int]
+    teacher_context: list[int]
+    response: list[int]
+    student_truncated: int = 0  # tokens cut from the left of each context
+    teacher_truncated: int = 0
+
+
+@dataclass
+class TokenSignal:
+    """Per-token scores of one response."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    student_logprobs: list[float]
+    teacher_logprobs: list[float]
+    signal: list[float] = field(default_factory=list)
+    truncated_context_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.signal:
+            self.signal = [t - s for t, s in zip(self.teacher_logprobs, self.student_logprobs)]
+
+    @property
+    def mean_abs_signal(self) -> float:
+        return sum(abs(v) for v in self.signal) / max(len(self.signal), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean_abs_signal"] = self.mean_abs_signal
+        return d
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_examples(
+    tokenizer,
+    examples: Sequence[HindsightExample | tuple | dict],
+    template: str | TeacherTemplate = DEFAULT_TEMPLATE,
+    *,
+    max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
+    append_eos: bool = True,
+) -> list[EncodedExample]:
+    """Tokenize examples: both contexts through the chat template, ``y`` once."""
+    template = get_template(template)
+    encoded = []
+    for i, ex in enumerate(examples):
+        x, y, o = _unpack(ex, i)
+        if not isinstance(y, str) or not y.strip():
+            raise SignalInputError(f"example {i}: the response y is empty")
+        if not isinstance(o, str) or not o.strip():
+            raise SignalInputError(f"example {i}: the follow-up o is empty")
+        try:
+            student = render_context(tokenizer, template.student_messages(x))
+            teacher = render_context(tokenizer, template.teacher_messages(x, o))
+        except ValueError as err:
+            raise SignalInputError(f"example {i}: {err}") from err
+        response = list(tokenizer(y, add_special_tokens=False)["input_ids"])
+        if append_eos and tokenizer.eos_token_id is not None:
+            response.append(tokenizer.eos_token_id)
+        student, cut_s = truncate_left(student, max_context_tokens)
+        teacher, cut_t = truncate_left(teacher, max_context_tokens)
+        encoded.append(EncodedExample(student, teacher, response, cut_s, cut_t))
+    return encoded
+
+
+def _unpack(ex, i: int):
+    if isinstance(ex, HindsightExample):
+        return ex.x, ex.y, ex.o
+    if isinstance(ex, dict):
+        missing = [k for k in ("x", "y", "o") if k not in ex]
+        if missing:
+            raise SignalInputError(f"example {i}: missing field(s) {', '.join(missing)}")
+        return ex["x"], ex["y"], ex["o"]
+    if isinstance(ex, (tuple, list)) and len(ex) == 3:
+        return ex
+    raise SignalInputError(f"example {i}: expected (x, y, o), a dict with x/y/o or a HindsightExample")
+
+
+def truncate_left(ids: list[int], max_tokens: int | None) -> tuple[list[int], int]:
+    """Keep the last ``max_tokens`` ids; returns the ids and how many were cut."""
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids, 0
+    return ids[len(ids) - max_tokens :], len(ids) - max_tokens
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def plan_microbatches(
+    lengths: Sequence[tuple[int, int]],
+    *,
+    overhead_tokens: int = 64,
+    max_batch_tokens: int | None = None,
+) -> list[list[int]]:
+    """Group sequences ``(context_len, response_len)`` into micro-batches.
+
+    A micro-batch costs ``rows * (max context + max response)`` padded tokens plus
+    ``overhead_tokens`` for launching a forward. Sequences are sorted by total length
+    and cut into contiguous runs that minimise the total cost (exact dynamic
+    programme over the sorted order), with at most ``max_batch_tokens`` padded
+    tokens per micro-batch (a single longer sequence still gets its own).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda k: (lengths[k][0] + lengths[k][1], lengths[k][0]))
+    inf = float("inf")
+    best = [0.0] + [inf] * n  # best[j]: cost of the first j sorted sequences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        max_c = max_r = 0
+        for i in range(j, 0, -1):  # last group = sorted[i-1 .. j-1]
+            c, r = lengths[order[i - 1]]
+            max_c, max_r = max(max_c, c), max(max_r, r)
+            rows = j - i + 1
+            padded = rows * (max_c + max_r)
+            if max_batch_tokens is not None and rows > 1 and padded > max_batch_tokens:
+                break
+            cost = best[i - 1] + padded + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    groups = []
+    j = n
+    while j > 0:
+        groups.append([order[k] for k in range(cut[j], j)])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _default_overhead(device: torch.device) -> int:
+    # Larger batches pay off more on accelerators than on a CPU.
+    return 64 if device.type == "cpu" else 1024
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _unwrap(model):
+    """The plain ``PreTrainedModel`` under peft wrappers, or None if wrapped for distribution."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return None
+    if type(model).__name__ in ("DeepSpeedEngine", "FullyShardedDataParallel"):
+        return None
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _split_head(model):
+    """``(body, head, softcap)`` when the output head can be applied separately, else None.
+
+    Distributed wrappers (DDP, DeepSpeed, FSDP) must see their own forward called, so
+    they use the full forward with ``logits_to_keep`` instead.
+    """
+    inner = _unwrap(model)
+    if inner is None:
+        return None
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    prefix = getattr(inner, "base_model_prefix", None)
+    body = getattr(inner, prefix, None) if prefix else None
+    if not isinstance(head, nn.Linear) or body is None or body is inner:
+        return None
+    config = getattr(inner, "config", None)
+    if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return body, head, softcap
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _logits_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunked(fn, rows: torch.Tensor, targets: torch.Tensor, chunk: int, *extra) -> torch.Tensor:
+    outs = []
+    use_ckpt = torch.is_grad_enabled()
+    for start in range(0, rows.shape[0], chunk):
+        args = (rows[start : start + chunk], targets[start : start + chunk], *extra)
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args))
+    return torch.cat(outs) if outs else rows.new_zeros(0, dtype=torch.float32)
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def _vocab_size(model) -> int:
+    inner = _unwrap(model) or model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    return int(getattr(getattr(inner, "config", None), "vocab_size", 50_000))
+
+
+def _forward_group(model, contexts, responses, *, pad_token_id: int, chunk_tokens: int, head_mode: str):
+    """Log-probs of each response under its context, for one micro-batch."""
+    device = _model_device(model)
+    n = len(contexts)
+    ctx_len = max(len(c) for c in contexts)
+    resp_len = max(len(r) for r in responses)
+    ids = torch.full((n, ctx_len + resp_len), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, ctx_len + resp_len), dtype=torch.long)
+    for i, (c, r) in enumerate(zip(contexts, responses)):
+        ids[i, ctx_len - len(c) : ctx_len] = torch.tensor(c, dtype=torch.long)
+        ids[i, ctx_len : ctx_len + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, ctx_len - len(c) : ctx_len + len(r)] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
+    target_mask = mask[:, ctx_len:].bool()
+    targets = ids[:, ctx_len:][target_mask]
+
+    split = _split_head(model) if head_mode != "logits" else None
+    if head_mode == "chunked" and split is None:
+        raise ValueError("head_mode='chunked' is not possible for this model; use 'auto' or 'logits'")
+    if split is not None:
+        body, head, softcap = split
+        hidden = body(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        hidden = hidden.last_hidden_state[:, ctx_len - 1 : ctx_len - 1 + resp_len][target_mask]
+        flat = _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap)
+    else:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=resp_len + 1,
+        )
+        logits = out.logits[:, :-1][target_mask]
+        flat = _chunked(_logits_logprobs, logits, targets, chunk_tokens)
+    return list(flat.split([len(r) for r in responses]))
+
+
+def completion_logprobs(
+    model,
+    contexts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    max_batch_tokens: int | None = None,
+    overhead_tokens: int | None = None,
+    chunk_tokens: int | None = None,
+    head_mode: str = "auto",
+) -> list[torch.Tensor]:
+    """``log p(completion_t | context, completion_<t)`` for each pair, float32, one tensor each.
+
+    Runs under whatever autograd mode is active: wrap the call in ``torch.no_grad()``
+    for a teacher, leave gradients on for a student. ``head_mode`` is ``auto`` (apply
+    the output head only at completion positions, in chunks), ``chunked`` (require
+    that) or ``logits`` (full model forward with ``logits_to_keep``; what distributed
+    wrappers get automatically).
+    """
+    if len(contexts) != len(completions):
+        raise ValueError("contexts and completions differ in length")
+    for i, (c, r) in enumerate(zip(contexts, completions)):
+        if len(c) == 0:
+            raise SignalInputError(f"sequence {i}: the context has no tokens")
+        if len(r) == 0:
+            raise SignalInputError(f"sequence {i}: the completion has no tokens")
+    if head_mode not in ("auto", "chunked", "logits"):
+        raise ValueError(f"head_mode must be auto, chunked or logits, got {head_mode!r}")
+    device = _model_device(model)
+    if overhead_tokens is None:
+        overhead_tokens = _default_overhead(device)
+    if chunk_tokens is None:
+        chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * _vocab_size(model)))
+    groups = plan_microbatches(
+        [(len(c), len(r)) for c, r in zip(contexts, completions)],
+        overhead_tokens=overhead_tokens,
+        max_batch_tokens=max_batch_tokens,
+    )
+    results: list[torch.Tensor | None] = [None] * len(contexts)
+    for group in groups:
+        outs = _forward_group(
+            model,
+            [contexts[k] for k in group],
+            [completions[k] for k in group],
+            pad_token_id=pad_token_id,
+            chunk_tokens=chunk_tokens,
+            head_mode=head_mode,
+        )
+        for k, lp in zip(group, outs):
+            results[k] = lp
+    return results  # type: ignore[return-value]
+
+
+def hindsight_logprobs(
+    model,
+    encoded: Sequence[EncodedExample],
+    *,
+    pad_token_id: int,
+    student_grad: bool = False,
+    fuse: bool = True,
+    **kwargs,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Student and teacher log-probs of each response.
+
+    With ``student_grad=False`` and ``fuse=True`` student and teacher rows are planned
+    together, so both contexts can share forwards. With ``student_grad=True`` the
+    student pass keeps the autograd graph and the teacher pass runs under
+    ``no_grad`` (the signal is a fixed advantage).
+    """
+    student_ctx = [e.student_context for e in encoded]
+    teacher_ctx = [e.teacher_context for e in encoded]
+    responses = [e.response for e in encoded]
+    if student_grad or not fuse:
+        with torch.set_grad_enabled(student_grad and torch.is_grad_enabled()):
+            student = completion_logprobs(model, student_ctx, responses, pad_token_id=pad_token_id, **kwargs)
+        with torch.no_grad():
+            teacher = completion_logprobs(model, teacher_ctx, responses, pad_token_id=pad_token_id, **kwargs)
+        return student, teacher
+    with torch.no_grad():
+        both = completion_logprobs(
+            model, student_ctx + teacher_ctx, responses + responses, pad_token_id=pad_token_id, **kwargs
+        )
+    return both[: len(encoded)], both[len(encoded) :]
+
+
+def token_strings(tokenizer, ids: Sequence[int], *, window: int = 6) -> list[str]:
+    """Readable text of each token.
+
+    A character whose bytes span several tokens (emoji, CJK in byte-level BPE) is given
+    to the token that completes it; the tokens before it get an empty string.
+    """
+    pieces: list[str] = []
+    pending = 0  # first token whose text has not been emitted yet
+    for i in range(len(ids)):
+        start = max(0, pending - window)
+        prev = tokenizer.decode(ids[start:pending], skip_special_tokens=False) if pending > start else ""
+        full = tokenizer.decode(ids[start : i + 1], skip_special_tokens=False)
+        piece = full[len(prev) :] if full.startswith(prev) else tokenizer.decode(ids[pending : i + 1])
+        if piece.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")
+            continue
+        pieces.append(piece)
+        pending = i + 1
+    return pieces
+
+
+class SignalScorer:
+    """Scores hindsight examples with one model and template.
+
+    >>> scorer = SignalScorer(model, tokenizer, template="hindsight")
+    >>> [sig] = scorer.score([("What is 2+2?", "4", "Please explain your steps.")])
+    >>> sig.tokens, sig.signal
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template: str | TeacherTemplate = DEFAULT_TEMPLATE,
+        *,
+        max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
+        append_eos: bool = True,
+        fuse: bool = True,
+        max_batch_tokens: int | None = None,
+        chunk_tokens: int | None = None,
+        head_mode: str = "auto",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = get_template(template)
+        self.max_context_tokens = max_context_tokens
+        self.append_eos = append_eos
+        self.fuse = fuse
+        self.batch_kwargs = dict(max_batch_tokens=max_batch_tokens, chunk_tokens=chunk_tokens, head_mode=head_mode)
+
+    def encode(self, examples: Sequence) -> list[EncodedExample]:
+        return encode_examples(
+            self.tokenizer,
+            examples,
+            self.template,
+            max_context_tokens=self.max_context_tokens,
+            append_eos=self.append_eos,
+        )
+
+    def score(self, examples: Sequence, *, batch_size: int = 16, progress: bool = False) -> list[TokenSignal]:
+        encoded = self.encode(examples)  # validates every example before any forward pass
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        results: list[TokenSignal] = []
+        batches: Iterable[int] = range(0, len(encoded), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(list(batches), desc="scoring", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in batches:
+                chunk = encoded[start : start + batch_size]
+                student, teacher = hindsight_logprobs(
+                    self.model, chunk, pad_token_id=pad, fuse=self.fuse, **self.batch_kwargs
+                )
+                for enc, s, t in zip(chunk, student, teacher):
+                    results.append(
+                        TokenSignal(
+                            token_ids=list(enc.response),
+                            tokens=token_strings(self.tokenizer, enc.response),
+                            student_logprobs=s.tolist(),
+                            teacher_logprobs=t.tolist(),
+                            truncated_context_tokens=max(enc.student_truncated, enc.teacher_truncated),
+                        )
+                    )
+        finally:
+            self.model.train(was_training)
+        return results
+
+
+def compute_signal(model, tokenizer, examples: Sequence, template=DEFAULT_TEMPLATE, **kwargs) -> list[TokenSignal]:
+    """One-call form of :class:`SignalScorer`: ``compute_signal(model, tok, [(x, y, o), ...])``."""
+    batch_size = kwargs.pop("batch_size", 16)
+    progress = kwargs.pop("progress", False)
+    return SignalScorer(model, tokenizer, template, **kwargs).score(examples, batch_size=batch_size, progress=progress)
