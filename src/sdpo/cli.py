@@ -67,7 +67,9 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str]):
     """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_type, prog=f"sdpo {name}", description=COMMANDS[name].summary)
+    parser = HfArgumentParser(
+        dataclass_type, prog=f"sdpo {name}", description=COMMANDS[name].summary, allow_abbrev=False
+    )
     parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
     argv = list(argv)
     config_path = None
@@ -80,7 +82,19 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str]):
         fields = {f.name for f in dataclasses.fields(dataclass_type)}
         parser.set_defaults(**_load_yaml(config_path, fields))
     # the leftover namespace (holding --config) comes back after the dataclass
-    return parser.parse_args_into_dataclasses(args=argv)[0]
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    remaining = parsed[-1]
+    if remaining:
+        import difflib
+
+        known = [opt for action in parser._actions for opt in action.option_strings]
+        unknown = [a for a in remaining if a.startswith("-")] or remaining
+        hints = []
+        for arg in unknown:
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+        raise UsageError(f"unrecognized option(s): {', '.join(hints)}; see sdpo {name} --help")
+    return parsed[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

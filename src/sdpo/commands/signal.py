@@ -128,7 +128,7 @@ def run(args: SignalArguments) -> int:
         return 0
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     if colour:
-        _print_rich(result)
+        _print_rich(result, force=args.color == "always")
     else:
         _print_plain(result)
     return 0
@@ -162,11 +162,11 @@ def _shade(value: float) -> str:
     return f"black on rgb({r},{g},{b})"
 
 
-def _print_rich(result: dict) -> None:
+def _print_rich(result: dict, force: bool = False) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, force_terminal=force or None)
     console.print(f"[bold]model[/] {result['model']}   [bold]template[/] {result['template']}")
     console.print(
         Text.assemble("colour: ", ("teacher prefers less", _shade(-SCALE)), " ", ("neutral", _shade(0)), " ",

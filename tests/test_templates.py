@@ -1,0 +1,97 @@
+import pytest
+
+from sdpo.templates import (
+    TEMPLATE_NAMES,
+    TemplateError,
+    as_messages,
+    get_template,
+    render_context,
+    supports_thinking_switch,
+)
+
+HISTORY = [
+    {"role": "user", "content": "Recommend a book."},
+    {"role": "assistant", "content": "Try Dune."},
+    {"role": "user", "content": "Something shorter?"},
+]
+
+
+def test_hindsight_puts_followup_in_last_user_turn():
+    t = get_template("hindsight")
+    student = t.student_messages(HISTORY)
+    teacher = t.teacher_messages(HISTORY, "  Too long, just a title please.  ")
+    assert student == HISTORY
+    assert teacher[:2] == HISTORY[:2]  # history kept
+    assert teacher[-1]["role"] == "user"
+    assert teacher[-1]["content"].startswith("Something shorter?")
+    assert teacher[-1]["content"].endswith("Too long, just a title please.")
+    assert "next message" in teacher[-1]["content"]
+    assert HISTORY[-1]["content"] == "Something shorter?"  # inputs not mutated
+
+
+def test_system_variant_puts_followup_in_system_message():
+    t = get_template("hindsight-system")
+    teacher = t.teacher_messages(HISTORY, "Just a title.")
+    assert teacher[0]["role"] == "system" and "Just a title." in teacher[0]["content"]
+    assert teacher[1:] == HISTORY
+    with_system = [{"role": "system", "content": "Be brief."}] + HISTORY
+    teacher = t.teacher_messages(with_system, "Just a title.")
+    assert teacher[0]["content"].startswith("Be brief.") and "Just a title." in teacher[0]["content"]
+    assert len(teacher) == len(with_system)
+
+
+def test_system_prompt_goes_to_both_contexts():
+    t = get_template("hindsight", system_prompt="You are terse.")
+    assert t.student_messages("hi")[0] == {"role": "system", "content": "You are terse."}
+    assert t.teacher_messages("hi", "ok")[0] == {"role": "system", "content": "You are terse."}
+
+
+def test_template_errors():
+    with pytest.raises(TemplateError, match="unknown template 'nope'; choose one of: hindsight"):
+        get_template("nope")
+    with pytest.raises(TemplateError, match="follow-up o is empty"):
+        get_template().teacher_messages("hi", " ")
+    with pytest.raises(TemplateError, match="placeholder"):
+        get_template("hindsight", note="no placeholder here")
+    with pytest.raises(TemplateError, match="end with a user message"):
+        as_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    with pytest.raises(TemplateError, match=r"x\[0\]: a message needs 'role' and 'content'"):
+        as_messages([{"content": "a"}])
+    with pytest.raises(TemplateError, match="prompt is empty"):
+        as_messages("")
+    assert set(TEMPLATE_NAMES) == {"hindsight", "hindsight-system"}
+
+
+def test_custom_note():
+    t = get_template("hindsight", note="\nLater the user said: {followup}")
+    assert t.teacher_messages("hi", "bye")[-1]["content"] == "hi\nLater the user said: bye"
+
+
+def test_render_uses_chat_template(tokenizer):
+    ids = render_context(tokenizer, [{"role": "user", "content": "Hello"}])
+    text = tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_enable_thinking_is_passed_when_the_template_knows_it(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+        "{% endif %}"
+    )
+    assert supports_thinking_switch(tok) and not supports_thinking_switch(tokenizer)
+    text = tok.decode(render_context(tok, [{"role": "user", "content": "Hi"}]))
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_render_without_chat_template(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = None
+    text = tok.decode(render_context(tok, [{"role": "user", "content": "Hi"}]))
+    assert text == "user: Hi\nassistant: "
