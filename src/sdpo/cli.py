@@ -22,6 +22,9 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "signal": Command("signal", "print the per-token hindsight signal log p(y|x,o) - log p(y|x)"),
+    "signal-analysis": Command(
+        "signal_analysis", "per-token heatmaps, an HTML report and selectivity (relevant vs unrelated follow-ups)"
+    ),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
 }
 

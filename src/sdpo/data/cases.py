@@ -25,7 +25,8 @@ from typing import Any
 from sdpo.templates import Messages, TemplateError, as_messages
 
 BUNDLED = {
-    "bundled": "signal_examples.json",
+    "bundled": "signal_examples.json",  # three demo cases
+    "analysis": "signal_analysis_cases.json",  # the signal-analysis set (also auxiliary/)
 }
 _KNOWN_FIELDS = {"name", "prompt", "messages", "response", "followup", "unrelated_followup"}
 

@@ -1,0 +1,1 @@
+"""Signal analysis and plots."""

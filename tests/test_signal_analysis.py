@@ -1,0 +1,157 @@
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdpo.analysis.signal_report import load_signals, selectivity
+from sdpo.cli import main
+from sdpo.data.cases import load_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+PLOTS = ["followup.png", "unrelated.png", "stacked.png", "side_by_side.png"]
+
+
+@pytest.fixture(scope="module")
+def analysis_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    assert main(["signal-analysis", "--model", "tiny-random", "--n_cases", "5", "--out_dir", str(out)]) == 0
+    return out
+
+
+def test_shipped_cases_are_valid():
+    cases = load_cases(ROOT / "auxiliary" / "signal_analysis_cases.json")
+    assert len(cases) >= 24
+    assert all(c.unrelated_followup and c.followup != c.unrelated_followup for c in cases)
+    assert len({c.name for c in cases}) == len(cases)
+    assert len(load_cases("analysis")) == len(cases)  # the packaged copy is the same file
+
+
+def test_outputs_are_written(analysis_dir):
+    from PIL import Image
+
+    for name in PLOTS + [f"case{i}_tokens.png" for i in range(5)]:
+        with Image.open(analysis_dir / name) as img:
+            img.verify()
+        assert (analysis_dir / name).stat().st_size > 5_000
+    assert not (analysis_dir / "case5_tokens.png").exists()
+    assert (analysis_dir / "report.html").is_file()
+
+
+def test_json_roundtrips_and_selectivity_is_right(analysis_dir):
+    data = load_signals(analysis_dir / "sdpo_signals.json")
+    assert json.loads(json.dumps(data)) == data
+    assert data["model"] == "tiny-random" and data["template"] == "hindsight-system" and data["n_cases"] == 5
+    rel_all, unr_all = [], []
+    for case in data["cases"]:
+        n = len(case["tokens"])
+        assert n == len(case["token_ids"]) == len(case["signal_followup"]) == len(case["signal_unrelated"])
+        rel = np.asarray(case["signal_followup"], dtype=np.float64)
+        unr = np.asarray(case["signal_unrelated"], dtype=np.float64)
+        # the stored signal is teacher - student for each follow-up
+        np.testing.assert_allclose(
+            rel, np.subtract(case["teacher_logprobs_followup"], case["student_logprobs"]), atol=1e-6
+        )
+        np.testing.assert_allclose(
+            unr, np.subtract(case["teacher_logprobs_unrelated"], case["student_logprobs"]), atol=1e-6
+        )
+        assert case["selectivity"] == pytest.approx(np.abs(rel).mean() / np.abs(unr).mean(), rel=1e-9)
+        rel_all.append(rel)
+        unr_all.append(unr)
+    pooled = np.abs(np.concatenate(rel_all)).mean() / np.abs(np.concatenate(unr_all)).mean()
+    assert data["overall"]["selectivity"] == pytest.approx(pooled, rel=1e-9)
+
+
+def test_selectivity_definition():
+    assert selectivity([1, -1], [0.5, -0.5]) == 2.0
+    assert selectivity([0.1], [0.0]) == float("inf")
+
+
+def test_template_all_compares(tmp_path, capsys):
+    assert main(["signal-analysis", "--model", "tiny-random", "--n_cases", "2", "--template", "all",
+                 "--no_token_images", "--out_dir", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "selectivity_by_template.json").read_text())
+    assert set(summary) == {"hindsight", "hindsight-system"}
+    for name in summary:
+        assert (tmp_path / name / "report.html").is_file()
+        assert not (tmp_path / name / "case0_tokens.png").exists()
+    assert "templates compared" in capsys.readouterr().out
+
+
+def test_cases_without_control_are_rejected(tmp_path, capsys):
+    bad = tmp_path / "cases.json"
+    bad.write_text(json.dumps([
+        {"prompt": "p", "response": "r", "followup": "f", "unrelated_followup": "u"},
+        {"name": "no-control", "prompt": "p", "response": "r", "followup": "f"},
+    ]))
+    assert main(["signal-analysis", "--model", "tiny-randm", "--cases", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "case 1 (no-control): missing field 'unrelated_followup'" in err  # before the bad model name
+    assert main(["signal-analysis", "--model", "tiny-random", "--template", "nope"]) == 2
+
+
+def _script(env_extra):
+    env = {**os.environ, **env_extra}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "run_signal_analysis.sh"), "--dry-run", "--batch_size", "4"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+
+def test_script_dry_run_resolves_overrides():
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCH"}
+    done = subprocess.run(["bash", "scripts/run_signal_analysis.sh", "--dry-run"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--model Qwen/Qwen3-8B" in done.stdout and "--n_cases 24" in done.stdout
+    assert re.search(r"--out_dir \./runs/signal-analysis/\d{8}-\d{6}", done.stdout)
+    done = _script({"MODEL": "tiny-random", "N_CASES": "3", "SCRATCH": "/scratch/me", "CASES_JSON": "x.json"})
+    assert done.returncode == 0, done.stderr
+    assert "--model tiny-random" in done.stdout and "--n_cases 3" in done.stdout and "--cases x.json" in done.stdout
+    assert "--out_dir /scratch/me/signal-analysis/" in done.stdout and done.stdout.rstrip().endswith("--batch_size 4")
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def test_report_renders_in_headless_chromium(analysis_dir, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("SDPO_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (SDPO_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    url = (analysis_dir / "report.html").as_uri()
+    data = load_signals(analysis_dir / "sdpo_signals.json")
+
+    def run(*args):
+        profile = tempfile.mkdtemp(dir=tmp_path)
+        done = subprocess.run([browser, *CHROME_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    dom = run("--dump-dom", url + "#sort=desc")
+    sections = re.findall(r'<section class="case" id="case(\d+)" data-index="\d+" data-selectivity="([\d.]+)"', dom)
+    assert len(sections) == data["n_cases"]  # every case rendered
+    shown = [float(s) for _, s in sections]
+    assert shown == sorted(shown, reverse=True)  # the page's own script sorted them by selectivity
+    n_tokens = sum(len(c["tokens"]) for c in data["cases"])
+    assert len(re.findall(r'<span class="tok"', dom)) == 2 * n_tokens
+
+    shot = tmp_path / "report.png"
+    run("--window-size=1280,1200", f"--screenshot={shot}", url)
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    non_white = (pixels.min(axis=1) < 235).mean()
+    assert non_white > 0.02, f"screenshot looks blank ({non_white:.3%} non-white pixels)"
+    assert len(np.unique(pixels, axis=0)) > 50
