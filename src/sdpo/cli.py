@@ -25,6 +25,7 @@ COMMANDS: dict[str, Command] = {
     "signal-analysis": Command(
         "signal_analysis", "per-token heatmaps, an HTML report and selectivity (relevant vs unrelated follow-ups)"
     ),
+    "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
 }
 
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")
     run: Callable = module.run
+    positional = getattr(module, "POSITIONAL", None)
+    if positional and rest and not rest[0].startswith("-"):
+        rest = [f"--{positional}", rest[0], *rest[1:]]
     try:
         args = parse_command_args(name, module.ARGUMENTS, rest)
         return int(run(args) or 0)
@@ -139,11 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(err: Exception) -> bool:
     from sdpo.data.cases import CasesError
+    from sdpo.data.interactions import RecordError
+    from sdpo.data.logs import ConversationError
     from sdpo.models import ModelLoadError
     from sdpo.signal import SignalInputError
     from sdpo.templates import TemplateError
 
-    return isinstance(err, (CasesError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+    return isinstance(err, (CasesError, RecordError, ConversationError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover
