@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
         "signal_analysis", "per-token heatmaps, an HTML report and selectivity (relevant vs unrelated follow-ups)"
     ),
     "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
+    "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
 }
 

@@ -333,6 +333,9 @@ def completion_logprobs(
     device = _model_device(model)
     if overhead_tokens is None:
         overhead_tokens = _default_overhead(device)
+    if torch.is_grad_enabled() and _unwrap(model) is None:
+        # DDP and friends reduce gradients once per forward: one forward per backward.
+        overhead_tokens, max_batch_tokens = 10**12, None
     if chunk_tokens is None:
         chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * _vocab_size(model)))
     groups = plan_microbatches(

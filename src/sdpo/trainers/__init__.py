@@ -1,0 +1,1 @@
+"""Trainers: offline (logged interactions)."""

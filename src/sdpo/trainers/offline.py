@@ -1,0 +1,268 @@
+"""Offline SDPO: learn from logged ``(x, y, o)`` interactions, no simulator.
+
+Built on ``transformers.Trainer``, so checkpointing, resuming, mixed precision,
+gradient accumulation and accelerate / DeepSpeed / FSDP launches come with it. What
+this module adds:
+
+* :class:`OfflineSDPOConfig` - ``TrainingArguments`` plus the SDPO options, with the
+  reference defaults (LR 2e-6, cosine schedule, 5 % warm-up, 2 epochs, batch 4 x 8);
+* :class:`InteractionDataset` - records tokenized once up front (both contexts
+  through the chat template, ``y`` once, EOS appended, contexts cut from the left);
+* :class:`OfflineSDPOTrainer` - ``compute_loss`` scores each batch with the signal
+  core: the student pass keeps gradients, the teacher pass (same model, current
+  weights) runs under ``no_grad``; only response positions reach the output head,
+  and each batch is split into length-matched micro-batches. Batches are drawn
+  length-grouped (``train_sampling_strategy='group_by_length'``), so uneven
+  conversations waste little on padding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from sdpo.losses import CENTERING, advantage_pg_loss
+from sdpo.signal import EncodedExample, completion_logprobs, encode_examples, hindsight_logprobs
+from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
+
+
+@dataclass
+class OfflineSDPOConfig(TrainingArguments):
+    """Options of ``sdpo train-offline``; every ``TrainingArguments`` option works too."""
+
+    model_name_or_path: str = field(default="smollm2-135m", metadata={"help": "policy: alias, path, .gguf or hub id"})
+    train_jsonl: str | None = field(default=None, metadata={"help": "interaction records (sdpo prepare ...)"})
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
+    max_context_tokens: int = field(default=2048, metadata={"help": "contexts are cut from the left to this"})
+    ignore_first_tokens: int = field(default=2, metadata={"help": "response tokens at the start left out of the loss"})
+    advantage_centering: str = field(default="none", metadata={"help": "none or sequence (mean-centre per response)"})
+    advantage_clip: float | None = field(default=None, metadata={"help": "clip advantages to [-c, c]"})
+    kl_coef: float = field(default=0.0, metadata={"help": "weight of KL(policy || initial model) on y tokens"})
+    append_eos: bool = field(default=True, metadata={"help": "append EOS to y"})
+    skip_invalid: bool = field(default=False, metadata={"help": "count and skip malformed records instead of failing"})
+    max_records: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    model_dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    # reference defaults (offline SDPO): LR 2e-6, cosine with 5 % warm-up, 2 epochs, batch 4 x GA 8
+    learning_rate: float = field(default=2e-6, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "learning-rate schedule"})
+    warmup_steps: float = field(default=0.05, metadata={"help": "warm-up steps (a value < 1 is a fraction)"})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "epochs"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "records per device per step"})
+    gradient_accumulation_steps: int = field(default=8, metadata={"help": "micro-steps per optimizer step"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N steps"})
+    save_steps: float = field(default=100, metadata={"help": "checkpoint every N steps"})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random or group_by_length"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "must stay false"})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(Path("runs") / "sdpo-offline" / time.strftime("%Y%m%d-%H%M%S"))
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Launched as several processes on a machine without CUDA: without use_cpu the
+            # Trainer would run each process on its own instead of as one gloo DDP job.
+            self.use_cpu = True
+        super().__post_init__()
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
+        if self.advantage_centering not in CENTERING:
+            raise ValueError(f"advantage_centering must be one of {CENTERING}, got {self.advantage_centering!r}")
+        if self.ignore_first_tokens < 0:
+            raise ValueError("ignore_first_tokens must be >= 0")
+        if self.advantage_clip is not None and self.advantage_clip <= 0:
+            raise ValueError("advantage_clip must be positive")
+
+
+class InteractionDataset(Dataset):
+    """Interaction records tokenized for the signal core."""
+
+    def __init__(self, encoded: list[EncodedExample]):
+        self.encoded = encoded
+        self.lengths = [len(e.teacher_context) + len(e.response) for e in encoded]
+
+    @classmethod
+    def from_records(cls, records, tokenizer, *, template=DEFAULT_TEMPLATE, max_context_tokens=2048, append_eos=True):
+        examples = [(r.x, r.y, r.o) for r in records]
+        return cls(
+            encode_examples(tokenizer, examples, template, max_context_tokens=max_context_tokens, append_eos=append_eos)
+        )
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"encoded": self.encoded[i]}
+
+
+def collate(features: list[dict]) -> dict:
+    return {"encoded": [f["encoded"] for f in features]}
+
+
+class OfflineSDPOTrainer(Trainer):
+    """``Trainer`` whose loss is the SDPO policy-gradient loss on logged follow-ups."""
+
+    def __init__(self, *args, sdpo_args: OfflineSDPOConfig | None = None, reference_model=None, **kwargs):
+        kwargs.setdefault("data_collator", collate)
+        super().__init__(*args, **kwargs)
+        self.sdpo_args = sdpo_args or self.args
+        self.reference_model = reference_model
+        self._signal_stats: dict[str, list[float]] = defaultdict(list)
+        tok = self.processing_class
+        self.pad_token_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, InteractionDataset):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            generator = torch.Generator()
+            generator.manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                lengths=dataset.lengths,
+                generator=generator,
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def _reference_logprobs(self, model, encoded):
+        contexts = [e.student_context for e in encoded]
+        responses = [e.response for e in encoded]
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return completion_logprobs(self.reference_model, contexts, responses, pad_token_id=self.pad_token_id)
+            unwrapped = self.accelerator.unwrap_model(model)
+            if hasattr(unwrapped, "disable_adapter"):  # LoRA: the base model is the reference
+                with unwrapped.disable_adapter():
+                    return completion_logprobs(unwrapped, contexts, responses, pad_token_id=self.pad_token_id)
+        raise RuntimeError("kl_coef > 0 needs a reference model (or LoRA, whose base model serves as one)")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.sdpo_args
+        encoded = inputs["encoded"]
+        student, teacher = hindsight_logprobs(model, encoded, pad_token_id=self.pad_token_id, student_grad=True)
+        reference = self._reference_logprobs(model, encoded) if cfg.kl_coef else None
+        loss, stats = advantage_pg_loss(
+            student,
+            teacher,
+            ignore_first=cfg.ignore_first_tokens,
+            centering=cfg.advantage_centering,
+            clip=cfg.advantage_clip,
+            reference=reference,
+            kl_coef=cfg.kl_coef,
+        )
+        for key, value in stats.items():
+            self._signal_stats[key].append(value)
+        self._signal_stats["response_length"].append(sum(len(e.response) for e in encoded) / len(encoded))
+        return (loss, {"student": student, "teacher": teacher}) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._signal_stats and "loss" in logs:
+            for key, values in self._signal_stats.items():
+                if key in ("response_tokens", "sequences"):
+                    logs[key] = float(sum(values))
+                else:
+                    logs[key] = sum(values) / len(values)
+            self._signal_stats.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log line to ``<output_dir>/metrics.jsonl`` (main process only)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        path = Path(args.output_dir) / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def build_trainer(config: OfflineSDPOConfig, *, model=None, tokenizer=None, records=None, callbacks=None):
+    """Load data and model as ``config`` says and return the trainer (nothing trained yet).
+
+    Records are validated before the model is loaded, so a bad file fails fast.
+    """
+    from sdpo.data.interactions import load_interactions
+    from sdpo.models import LoraOptions, apply_lora, load_model
+
+    report = None
+    if records is None:
+        if not config.train_jsonl:
+            raise ValueError("train_jsonl is required (records from `sdpo prepare ...`)")
+        records, report = load_interactions(config.train_jsonl, skip_invalid=config.skip_invalid)
+    if config.max_records:
+        records = records[: config.max_records]
+    if model is None:
+        model, tokenizer = load_model(config.model_name_or_path, dtype=config.model_dtype, device="cpu")
+        if config.use_lora:
+            model = apply_lora(model, LoraOptions(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout))
+    dataset = InteractionDataset.from_records(
+        records,
+        tokenizer,
+        template=config.template,
+        max_context_tokens=config.max_context_tokens,
+        append_eos=config.append_eos,
+    )
+    reference_model = None
+    if config.kl_coef and not config.use_lora:
+        import copy
+
+        reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = OfflineSDPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        sdpo_args=config,
+        reference_model=reference_model,
+        callbacks=[MetricsFileCallback(), *(callbacks or [])],
+    )
+    if reference_model is not None:
+        reference_model.to(trainer.args.device)
+    trainer.load_report = report
+    return trainer
+
+
+def resolve_resume(config: OfflineSDPOConfig):
+    """``resume_from_checkpoint``: a path, or ``last`` for the newest checkpoint in output_dir."""
+    value = config.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if value in ("last", "auto", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"resume_from_checkpoint={value}: no checkpoint in {config.output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: {value} is not a directory")
+    return value
+
+
+def train_offline(config: OfflineSDPOConfig, **kwargs):
+    trainer = build_trainer(config, **kwargs)
+    if trainer.load_report is not None and trainer.is_world_process_zero():
+        print(trainer.load_report.summary())
+        for line in trainer.load_report.first_errors:
+            print(f"  skipped: {line}")
+    resume = resolve_resume(config)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        settings = {k: v for k, v in asdict(config).items() if "token" not in k.lower() or k.endswith("_tokens")}
+        (Path(config.output_dir) / "sdpo_config.json").write_text(json.dumps(settings, indent=1, default=str))
+    return trainer
