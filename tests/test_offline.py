@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdpo.cli import main
+from sdpo.data.interactions import write_interactions
+from sdpo.data.logs import extract, sample_path
+from sdpo.losses import advantage_pg_loss
+from sdpo.reference import reference_logprobs
+from sdpo.signal import encode_examples, hindsight_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory):
+    rows = [json.loads(line) for line in sample_path("wildfeedback").read_text(encoding="utf-8").splitlines()]
+    records, _ = extract(rows, "wildfeedback")
+    return write_interactions(records[:24], tmp_path_factory.mktemp("data") / "records.jsonl")
+
+
+def _args(records_file, out, *extra):
+    return [
+        "train-offline", "--train_jsonl", str(records_file), "--model_name_or_path", "tiny-random",
+        "--output_dir", str(out), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "0", *extra,
+    ]
+
+
+def test_training_loss_gradient_matches_float64_reference(tokenizer):
+    from sdpo.models import tiny_random_model
+
+    examples = [
+        ("Name a fruit.", "Apple, obviously.", "Pick something more exotic."),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+          {"role": "user", "content": "tell me a fact"}], "Octopuses have three hearts 🐙", "cool, another"),
+    ]
+    enc = encode_examples(tokenizer, examples)
+    model = tiny_random_model(len(tokenizer), seed=2).train()
+    model64 = tiny_random_model(len(tokenizer), seed=2).double().train()
+    s, q = hindsight_logprobs(model, enc, pad_token_id=tokenizer.pad_token_id, student_grad=True)
+    loss, _ = advantage_pg_loss(s, q, ignore_first=2)
+    loss.backward()
+    per_seq = []
+    for e in enc:
+        s64 = reference_logprobs(model64, e.student_context, e.response)
+        with torch.no_grad():
+            q64 = reference_logprobs(model64, e.teacher_context, e.response)
+        adv = (q64 - s64.detach())[2:]
+        per_seq.append(-(adv * s64[2:]).sum() / len(adv))
+    ref = torch.stack(per_seq).mean()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+    grads = dict(model.named_parameters())
+    for name, p in model64.named_parameters():
+        scale = p.grad.abs().max().item() + 1e-12
+        assert (grads[name].grad.double() - p.grad).abs().max().item() / scale < 1e-4, name
+
+
+def test_two_step_run_writes_checkpoints_and_metrics(records_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(records_file, out, "--max_steps", "2", "--save_steps", "1")) == 0
+    for name in ("checkpoint-1", "checkpoint-2", "model.safetensors", "sdpo_config.json", "tokenizer.json"):
+        assert (out / name).exists(), name
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [entry for entry in logs if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    assert all(entry["signal_abs_mean"] > 0 and entry["response_tokens"] > 0 for entry in steps)
+    config = json.loads((out / "sdpo_config.json").read_text())
+    assert config["ignore_first_tokens"] == 2 and config["template"] == "hindsight-system"
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from sdpo.trainers.offline import OfflineSDPOConfig, train_offline
+
+    class KillAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    config = OfflineSDPOConfig(**__import__("json").loads(sys.argv[1]))
+    train_offline(config, callbacks=[KillAfterFirstCheckpoint()])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_weights(records_file, tmp_path):
+    common = dict(train_jsonl=str(records_file), model_name_or_path="tiny-random", per_device_train_batch_size=2,
+                  gradient_accumulation_steps=1, learning_rate=1e-3, max_steps=4, save_steps=2, seed=0,
+                  disable_tqdm=True, report_to="none")
+    straight = tmp_path / "straight"
+    from sdpo.trainers.offline import OfflineSDPOConfig, train_offline
+
+    train_offline(OfflineSDPOConfig(output_dir=str(straight), **common))
+
+    killed = tmp_path / "killed"
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps({"output_dir": str(killed), **common})],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == -9, done.stderr[-3000:]  # really killed
+    assert (killed / "checkpoint-2").is_dir() and not (killed / "checkpoint-4").exists()
+
+    train_offline(OfflineSDPOConfig(output_dir=str(killed), resume_from_checkpoint="last", **common))
+    state = json.loads((killed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    a = load_file(straight / "model.safetensors")
+    b = load_file(killed / "model.safetensors")
+    initial = load_file(killed / "checkpoint-2" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert max((a[k] - initial[k]).abs().max().item() for k in a) > 1e-4  # steps 3-4 did change the weights
+
+
+def test_two_process_accelerate_run(records_file, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+        "-m", "sdpo.cli", *_args(records_file, out, "--max_steps", "2", "--save_steps", "2")[0:],
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    # 24 records / (2 per device x 2 processes) = 6 batches = 3 optimizer steps (GA 2) per epoch;
+    # a lone process would have made 6 steps per epoch (epoch 1/3 after 2 steps)
+    assert state["epoch"] == pytest.approx(2 / 3)
+    assert done.stdout.count("done: 2 steps") == 1  # one job, reported once
+
+
+def test_cli_errors(records_file, tmp_path, capsys):
+    assert main(["train-offline", "--model_name_or_path", "tiny-random"]) == 2
+    assert "--train_jsonl is required" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(records_file.read_text().splitlines()[0] + '\n{"x": [], "y": "a", "o": "b"}\n')
+    assert main(_args(bad, tmp_path / "o", "--max_steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2: field 'x' must be a non-empty list" in err and "--skip_invalid" in err
+    assert main(_args(bad, tmp_path / "o2", "--max_steps", "1", "--skip_invalid", "true")) == 0
+    assert "1 invalid skipped" in capsys.readouterr().out
