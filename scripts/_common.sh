@@ -24,3 +24,18 @@ run_or_print() {
   if [[ "$DRY_RUN" == 1 ]]; then return 0; fi
   exec "$@"
 }
+
+# launch_cmd WORLD_SIZE: the launcher prefix for an sdpo subcommand.
+# WORLD_SIZE=1 runs sdpo directly; more goes through accelerate with ACCELERATE_CONFIG
+# (default configs/accelerate/multi_gpu.yaml) and --num_processes WORLD_SIZE.
+launch_cmd() {
+  local world="$1"
+  if [[ "$world" -le 1 ]]; then
+    LAUNCH=("$SDPO_BIN")
+  else
+    local accelerate_bin="accelerate"
+    [[ -x "$REPO_ROOT/.venv/bin/accelerate" ]] && accelerate_bin="$REPO_ROOT/.venv/bin/accelerate"
+    LAUNCH=("$accelerate_bin" launch --config_file "${ACCELERATE_CONFIG:-$REPO_ROOT/configs/accelerate/multi_gpu.yaml}"
+            --num_processes "$world" -m sdpo.cli)
+  fi
+}

@@ -146,3 +146,46 @@ def test_cli_errors(records_file, tmp_path, capsys):
     assert "bad.jsonl:2: field 'x' must be a non-empty list" in err and "--skip_invalid" in err
     assert main(_args(bad, tmp_path / "o2", "--max_steps", "1", "--skip_invalid", "true")) == 0
     assert "1 invalid skipped" in capsys.readouterr().out
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("SCRATCH", "WORLD_SIZE")}
+    env["SDPO_BIN"] = str(Path(sys.executable).parent / "sdpo")  # the sdpo of the environment under test
+    env.update(extra)
+    return env
+
+
+def test_scripts_dry_run_and_defaults():
+    done = subprocess.run(["bash", "scripts/train_offline_sdpo.sh", "--dry-run"], capture_output=True, text=True,
+                          cwd=ROOT, env=_env(TRAIN_JSONL="x.jsonl"))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "launch --config_file" in out and "configs/accelerate/multi_gpu.yaml --num_processes 4" in out
+    for flag in ("--model_name_or_path Qwen/Qwen3-8B", "--learning_rate 2e-6", "--per_device_train_batch_size 4",
+                 "--gradient_accumulation_steps 8", "--output_dir ./runs/sdpo-offline-runs/"):
+        assert flag in out, flag
+    done = subprocess.run(["bash", "scripts/train_offline_sdpo.sh", "--dry-run"], capture_output=True, text=True,
+                          cwd=ROOT, env=_env(TRAIN_JSONL="x.jsonl", WORLD_SIZE="1", SCRATCH="/scratch/u",
+                                             ACCELERATE_CONFIG="my.yaml", LR="1e-5"))
+    assert "accelerate" not in done.stdout and "--output_dir /scratch/u/sdpo-offline-runs/" in done.stdout
+    assert "--learning_rate 1e-5" in done.stdout
+    done = subprocess.run(["bash", "scripts/train_offline_sdpo.sh"], capture_output=True, text=True, cwd=ROOT,
+                          env=_env())
+    assert done.returncode == 2 and "set TRAIN_JSONL" in done.stderr
+
+
+def test_scripts_run_the_pipeline(tmp_path):
+    """prepare (bundled sample) -> train, through the shell scripts, as a user would."""
+    data = tmp_path / "wf.jsonl"
+    done = subprocess.run(["bash", "scripts/prepare_data_wildfeedback.sh"], capture_output=True, text=True, cwd=ROOT,
+                          env=_env(INPUT_FILE="sample", OUTPUT=str(data)), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(data.read_text().splitlines()) == 47
+    out = tmp_path / "run"
+    done = subprocess.run(
+        ["bash", "scripts/train_offline_sdpo.sh", "--max_steps", "1", "--disable_tqdm", "true"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=_env(TRAIN_JSONL=str(data), WORLD_SIZE="1", BASE_MODEL="tiny-random", OUTPUT_DIR=str(out), BS="2", GA="1"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and "done: 1 steps" in done.stdout
