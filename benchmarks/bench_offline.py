@@ -1,7 +1,7 @@
 """Offline SDPO training throughput and memory: our trainer's path vs a straightforward one.
 
 Side by side in one process, the same model (weights restored between runs), the same
-64 interactions of uneven length (the bundled WildFeedback sample plus the signal
+63 interactions of uneven length (the bundled WildFeedback sample plus the signal
 benchmark's longer cases), batch size 8, plain SGD so the optimizer adds no state:
 
 * ``padded``: batches in shuffled order; student and teacher each scored by one
@@ -51,7 +51,7 @@ def interactions():
     rows = [json.loads(line) for line in sample_path("wildfeedback").read_text(encoding="utf-8").splitlines()]
     records, _ = extract(rows, "wildfeedback")
     examples = [(r.x, r.y, r.o) for r in records] + benchmark_cases()
-    return examples[:64]
+    return examples
 
 
 def padded_step(model, batch, pad_id):
