@@ -27,6 +27,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
+    "personas": Command("personas", "list the user personas (styles) for simulators and judges"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
 }
 
@@ -146,11 +147,12 @@ def _is_user_error(err: Exception) -> bool:
     from sdpo.data.cases import CasesError
     from sdpo.data.interactions import RecordError
     from sdpo.data.logs import ConversationError
+    from sdpo.feedback.personas import UnknownPersonaError
     from sdpo.models import ModelLoadError
     from sdpo.signal import SignalInputError
     from sdpo.templates import TemplateError
 
-    return isinstance(err, (CasesError, RecordError, ConversationError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+    return isinstance(err, (CasesError, RecordError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Feedback sources: personas and user simulators."""

@@ -1,0 +1,332 @@
+"""User simulators: a batch of ``(prompt, response)`` in, a batch of follow-ups out.
+
+* :class:`RuleUserSimulator` - deterministic reactions from simple checks of the
+  response against the persona (emojis, length, lists, first person, ...);
+* :class:`StyleUserSimulator` - a local model prompted with the persona, batched
+  generation (temperature 0.7, up to 128 new tokens by default);
+* :class:`ClaudeStyleUserSimulator` - the ``anthropic`` SDK (default model
+  ``claude-haiku-4-5-20251001``, temperature 0, up to 256 tokens);
+* :class:`OpenAICompatibleUserSimulator` - the ``openai`` SDK against any base URL
+  (a vLLM or other OpenAI-compatible server).
+
+The API simulators send requests concurrently up to ``max_concurrency``; the SDKs
+retry 429, 5xx, timeouts and connection errors with exponential backoff
+(``max_retries``). A reply that stays empty becomes a neutral fallback follow-up,
+counted in :attr:`UserSimulator.stats`. The API key is read from the environment
+when the simulator is built (so a missing key fails before training starts) and is
+never printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from sdpo.feedback.personas import persona_description
+
+FALLBACK_FOLLOWUP = "Okay."
+
+SIMULATOR_INSTRUCTIONS = """You are playing the part of a person chatting with an AI assistant.
+What this person wants from answers: {persona}
+
+The person's message was:
+<request>
+{prompt}
+</request>
+
+The assistant replied:
+<response>
+{response}
+</response>
+
+Write the next message this person sends, reacting to the reply from their own point of view: brief (one to three \
+sentences) and specific about what suits or bothers them in it, given what they want. Write only the message itself, \
+with no quotes or labels."""
+
+
+class MissingAPIKeyError(RuntimeError):
+    pass
+
+
+class SimulatorAPIError(RuntimeError):
+    pass
+
+
+@dataclass
+class SimulatorStats:
+    requests: int = 0
+    fallbacks: int = 0
+    seconds: float = 0.0
+
+    def as_metrics(self, prefix: str = "simulator/") -> dict[str, float]:
+        return {f"{prefix}requests": self.requests, f"{prefix}fallbacks": self.fallbacks,
+                f"{prefix}seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class UserSimulator:
+    """Base class; subclasses implement :meth:`_followups`."""
+
+    style: str
+    stats: SimulatorStats = field(default_factory=SimulatorStats, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.persona = persona_description(self.style)  # fails early on an unknown style
+
+    def followups(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+        if len(prompts) != len(responses):
+            raise ValueError("prompts and responses differ in length")
+        start = time.perf_counter()
+        replies = self._followups(list(prompts), list(responses))
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.requests += len(replies)
+        out = []
+        for reply in replies:
+            reply = (reply or "").strip()
+            if not reply:
+                self.stats.fallbacks += 1
+                reply = FALLBACK_FOLLOWUP
+            out.append(reply)
+        return out
+
+    def prompt_for(self, prompt: str, response: str) -> str:
+        return SIMULATOR_INSTRUCTIONS.format(persona=self.persona, prompt=prompt, response=response)
+
+    def _followups(self, prompts: list[str], responses: list[str]) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- rules
+
+_EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff]")
+_LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|me|my|mine)\b")
+_MARKDOWN = re.compile(r"^\s*#{1,6}\s|\*\*[^*]+\*\*", re.M)
+_HEDGES = re.compile(r"\b(?:might|perhaps|maybe|possibly|it depends)\b", re.I)
+_FILLER_END = re.compile(r"(?:let me know|would you like|feel free|hope this helps)[^.?!]*[.?!]?\s*$", re.I)
+_PRAISE = re.compile(r"\b(?:great|excellent|fantastic|wonderful) question\b", re.I)
+_TICS = re.compile(r"\b(?:delve|tapestry|testament)\b|—", re.I)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def rule_violations(style: str, response: str) -> list[str]:
+    """Complaints a user with this persona would make about ``response`` (empty: satisfied)."""
+    persona_description(style)
+    parts = set(style.split("_"))
+    out = []
+    if style == "no_emojis" and _EMOJI.search(response):
+        out.append("Please don't use emojis.")
+    if "concise" in parts and _words(response) > 60:
+        out.append("That's too long, keep it short.")
+    if "detailed" in parts and _words(response) < 80:
+        out.append("That's too thin, can you go into more detail?")
+    if style == "no_lists" and _LIST_LINE.search(response):
+        out.append("Please write in sentences, not lists.")
+    if style == "more_lists" and not _LIST_LINE.search(response):
+        out.append("Could you put that in a list?")
+    if style == "no_first_person" and _FIRST_PERSON.search(response):
+        out.append("Leave yourself out of it, no 'I' or 'my'.")
+    if style == "exclamation" and "!" not in response:
+        out.append("Sound a bit more excited!")
+    if style == "no_punctuation" and re.search(r"[.,;:!?]", response):
+        out.append("no punctuation please")
+    if style in ("answer_directly_reduce_formatting", "less_formatting") and _MARKDOWN.search(response):
+        out.append("Too much formatting, just plain text please.")
+    if style in ("formatting", "more_formatting") and not _MARKDOWN.search(response):
+        out.append("Can you structure that with headers or bold key points?")
+    if style == "committing" and _HEDGES.search(response):
+        out.append("Stop hedging and commit to an answer.")
+    if style == "no_filler_followup" and _FILLER_END.search(response):
+        out.append("Skip the offer at the end, I'll ask if I need more.")
+    if style in ("less_filler_praise_sycophancy", "no_sycophantic") and _PRAISE.search(response):
+        out.append("No need to praise my question, just answer.")
+    if style == "writing_tics" and _TICS.search(response):
+        out.append("Drop the fancy words and dashes, write plainly.")
+    if "casual" in parts and not re.search(r"\b(?:you|you're|yeah|hey|so)\b", response, re.I):
+        out.append("Can you say that more casually?")
+    return out
+
+
+def rule_score(style: str, response: str) -> float:
+    """1 when the persona's checks all pass, 0 when any fails (the persona metric)."""
+    return 0.0 if rule_violations(style, response) else 1.0
+
+
+@dataclass
+class RuleUserSimulator(UserSimulator):
+    """Deterministic follow-ups from :func:`rule_violations`; for tests and the CPU demo."""
+
+    satisfied: str = "Thanks, that's just what I wanted."
+
+    def _followups(self, prompts, responses):
+        out = []
+        for response in responses:
+            problems = rule_violations(self.style, response)
+            out.append(" ".join(problems) if problems else self.satisfied)
+        return out
+
+
+# --------------------------------------------------------------------------- local model
+
+@dataclass
+class StyleUserSimulator(UserSimulator):
+    """A local model plays the user; one batched ``generate`` per call."""
+
+    model: object = None
+    tokenizer: object = None
+    temperature: float = 0.7
+    max_new_tokens: int = 128
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model is None or isinstance(self.model, str):
+            from sdpo.models import load_model
+
+            self.model, self.tokenizer = load_model(self.model or "smollm2-135m")
+
+    def _followups(self, prompts, responses):
+        import torch
+
+        from sdpo.templates import render_context
+
+        tok = self.tokenizer
+        out: list[str] = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(prompts), self.batch_size):
+            contexts = [
+                render_context(tok, [{"role": "user", "content": self.prompt_for(p, r)}])
+                for p, r in zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
+            ]
+            width = max(map(len, contexts))
+            ids = torch.full((len(contexts), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, c in enumerate(contexts):  # left padding for generation
+                ids[i, width - len(c) :] = torch.tensor(c)
+                mask[i, width - len(c) :] = 1
+            with torch.no_grad():
+                gen = self.model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    do_sample=self.temperature > 0,
+                    temperature=self.temperature if self.temperature > 0 else None,
+                    top_p=None,
+                    top_k=None,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                )
+            out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+        return out
+
+    def followups_one_at_a_time(self, prompts, responses) -> list[str]:
+        """The unbatched baseline (one generate per item), for benchmarks."""
+        saved, self.batch_size = self.batch_size, 1
+        try:
+            return self.followups(prompts, responses)
+        finally:
+            self.batch_size = saved
+
+
+# --------------------------------------------------------------------------- API simulators
+
+def _require_key(env_var: str, who: str) -> str:
+    key = os.environ.get(env_var, "")
+    if not key.strip():
+        raise MissingAPIKeyError(f"{who} needs the environment variable {env_var} (an API key); it is not set")
+    return key
+
+
+@dataclass
+class _APISimulator(UserSimulator):
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str = ""
+    max_concurrency: int = 8
+    max_retries: int = 6
+    timeout: float = 60.0
+    temperature: float | None = 0.0
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self._client = self._make_client(_require_key(self.api_key_env, type(self).__name__))
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}(style={self.style!r}, model={self.model!r}, base_url={self.base_url!r})"
+
+    def _followups(self, prompts, responses):
+        items = [self.prompt_for(p, r) for p, r in zip(prompts, responses)]
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            return list(pool.map(self._call, items))
+
+    def _call(self, text: str) -> str:
+        try:
+            return self._request(text)
+        except Exception as err:  # the SDK already retried; say who failed and why, without the key
+            status = getattr(err, "status_code", None)
+            detail = f"HTTP {status}" if status else type(err).__name__
+            raise SimulatorAPIError(
+                f"{type(self).__name__} ({self.model} at {self.base_url or 'the default endpoint'}) failed after "
+                f"{self.max_retries} retries: {detail}"
+            ) from None
+
+
+@dataclass
+class ClaudeStyleUserSimulator(_APISimulator):
+    model: str = "claude-haiku-4-5-20251001"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+
+    def _make_client(self, key: str):
+        import anthropic
+
+        return anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=self.max_retries,
+                                   timeout=self.timeout)
+
+    def _request(self, text: str) -> str:
+        # anthropic 2.x no longer lists sampling parameters in create(); the API field is
+        # sent as-is (temperature=None leaves it out, for models that reject it).
+        extra = {"temperature": self.temperature} if self.temperature is not None else None
+        reply = self._client.messages.create(
+            model=self.model,
+            max_tokens=self.max_tokens,
+            messages=[{"role": "user", "content": text}],
+            extra_body=extra,
+        )
+        return "".join(getattr(block, "text", "") for block in reply.content)
+
+
+@dataclass
+class OpenAICompatibleUserSimulator(_APISimulator):
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+
+    def _make_client(self, key: str):
+        import openai
+
+        return openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout)
+
+    def _request(self, text: str) -> str:
+        reply = self._client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": "user", "content": text}],
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+        return reply.choices[0].message.content or ""
+
+
+SIMULATORS = {
+    "rule": RuleUserSimulator,
+    "local": StyleUserSimulator,
+    "claude": ClaudeStyleUserSimulator,
+    "openai": OpenAICompatibleUserSimulator,
+}
