@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
         "signal_analysis", "per-token heatmaps, an HTML report and selectivity (relevant vs unrelated follow-ups)"
     ),
     "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
+    "train-online": Command("train_online", "online SDPO: generate, ask a simulated user, learn from the reply"),
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
     "personas": Command("personas", "list the user personas (styles) for simulators and judges"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
@@ -148,11 +149,12 @@ def _is_user_error(err: Exception) -> bool:
     from sdpo.data.interactions import RecordError
     from sdpo.data.logs import ConversationError
     from sdpo.feedback.personas import UnknownPersonaError
+    from sdpo.feedback.simulators import MissingAPIKeyError, SimulatorAPIError
     from sdpo.models import ModelLoadError
     from sdpo.signal import SignalInputError
     from sdpo.templates import TemplateError
 
-    return isinstance(err, (CasesError, RecordError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+    return isinstance(err, (CasesError, RecordError, MissingAPIKeyError, SimulatorAPIError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,8 +52,16 @@ def advantage_pg_loss(
     clip: float | None = None,
     reference: Sequence[torch.Tensor] | None = None,
     kl_coef: float = 0.0,
+    old: Sequence[torch.Tensor] | None = None,
+    ppo_clip: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The SDPO policy-gradient loss of a batch, and statistics of its signal."""
+    """The SDPO policy-gradient loss of a batch, and statistics of its signal.
+
+    With ``old`` (log-probs of the policy that generated the responses) and
+    ``ppo_clip`` the per-token term is PPO's clipped surrogate
+    ``-min(r A, clip(r, 1-eps, 1+eps) A)`` with ``r = exp(s - old)``; on-policy
+    (``old = stopgrad(s)``, r = 1) its gradient equals the plain one.
+    """
     if kl_coef and reference is None:
         raise ValueError("kl_coef > 0 needs reference log-probs")
     losses, all_adv, kls = [], [], []
@@ -62,7 +70,12 @@ def advantage_pg_loss(
         if not valid.any():
             continue
         n = valid.sum()
-        loss = -(adv[valid] * s[valid].float()).sum() / n
+        if old is not None and ppo_clip is not None:
+            ratio = torch.exp(s[valid].float() - old[i].detach().float()[valid])
+            surrogate = torch.minimum(ratio * adv[valid], ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * adv[valid])
+            loss = -surrogate.sum() / n
+        else:
+            loss = -(adv[valid] * s[valid].float()).sum() / n
         if kl_coef:
             log_ratio = reference[i].detach().float()[valid] - s[valid].float()
             kl = (torch.exp(log_ratio) - log_ratio - 1).mean()  # k3 estimator of KL(student || reference)

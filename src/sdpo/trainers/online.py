@@ -1,0 +1,438 @@
+"""Online SDPO from user interactions.
+
+Each step, for a batch of prompts ``x``:
+
+1. **generate** one response ``y`` per prompt with the current policy (sampling,
+   temperature 1.0 by default);
+2. **simulate** the user's next message ``o`` with a user simulator (rule-based,
+   a local model, Claude, or an OpenAI-compatible endpoint);
+3. **score**: the same model, current weights, re-scores ``y`` with ``o`` as
+   hindsight (teacher, no gradient) and without it (student, with gradient); the
+   per-token difference is the advantage;
+4. **update** with the policy-gradient loss (PPO ratio clip; on-policy the ratio is 1).
+
+Why a loop on ``accelerate`` and not TRL's trainers: TRL's experimental SDPO trainer
+takes the teacher's privileged context from a static dataset column, while here the
+feedback exists only after the policy has answered and the user has replied, and it
+goes into chat templates (``sdpo.templates``) that differ from TRL's reprompting. The
+loop is short; ``accelerate`` provides DDP / DeepSpeed / FSDP, gradient accumulation
+and checkpoint state, and the scoring is the same signal core every other part uses.
+
+Checkpoints (``checkpoint-<step>/``) hold the model and tokenizer (``save_pretrained``,
+loadable by any tool) and ``accelerate_state/`` (optimizer, scheduler, RNG) so a run
+resumes exactly. ``metrics.jsonl`` records, per step: loss, signal mean / |mean| / std,
+response and follow-up lengths, simulator latency and fallbacks, the persona rule
+score of the responses, and the step time split into generate / simulate / score / update.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdpo.losses import CENTERING, advantage_pg_loss
+from sdpo.signal import EncodedExample, hindsight_logprobs, truncate_left
+from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES, get_template, render_context
+
+
+@dataclass
+class OnlineSDPOConfig:
+    """Options of ``sdpo train-online`` (flags and YAML keys)."""
+
+    model_name_or_path: str = field(default="smollm2-135m", metadata={"help": "policy model"})
+    train_jsonl: str | None = field(default=None, metadata={"help": "prompt records (sdpo prepare tldr|helpsteer2)"})
+    val_jsonl: str | None = field(default=None, metadata={"help": "held-out prompts for the before/after summary"})
+    output_dir: str | None = field(default=None, metadata={"help": "default runs/sdpo-online/<run-id>"})
+    style: str = field(default="concise_casual_beginner", metadata={"help": "persona of the simulated user"})
+    simulator: str = field(default="local", metadata={"help": "rule, local, claude or openai"})
+    simulator_model: str | None = field(
+        default=None, metadata={"help": "local: model to play the user (default the policy's); API: model name"}
+    )
+    simulator_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai: e.g. vLLM)"})
+    simulator_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
+    simulator_temperature: float | None = field(default=None, metadata={"help": "default 0.7 local, 0 API"})
+    simulator_max_new_tokens: int | None = field(default=None, metadata={"help": "default 128 local, 256 API"})
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for generation and scoring"})
+    max_context_tokens: int = field(default=2048, metadata={"help": "contexts are cut from the left to this"})
+    max_new_tokens: int = field(default=256, metadata={"help": "response length limit"})
+    temperature: float = field(default=1.0, metadata={"help": "policy sampling temperature"})
+    learning_rate: float = field(default=5e-6, metadata={"help": "constant learning rate"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "prompts per device per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    max_steps: int | None = field(default=None, metadata={"help": "default: one pass over the prompts"})
+    save_steps: int = field(default=3, metadata={"help": "checkpoint every N steps (and at the end)"})
+    advantage_centering: str = field(default="none", metadata={"help": "none or sequence"})
+    advantage_clip: float | None = field(default=None, metadata={"help": "clip advantages to [-c, c]"})
+    ppo_clip: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    ignore_first_tokens: int = field(default=0, metadata={"help": "response tokens left out of the loss"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, sampling)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint dir, or 'last'"})
+    summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
+    summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        from sdpo.feedback.personas import persona_description
+
+        persona_description(self.style)
+        if self.simulator not in ("rule", "local", "claude", "openai"):
+            raise ValueError(f"simulator must be rule, local, claude or openai, got {self.simulator!r}")
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
+        if self.advantage_centering not in CENTERING:
+            raise ValueError(f"advantage_centering must be one of {CENTERING}")
+        if self.save_steps < 1:
+            raise ValueError("save_steps must be >= 1")
+        if self.output_dir is None:
+            self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
+    """The configured simulator. API simulators check their key here, before any training."""
+    from sdpo.feedback import simulators as sims
+
+    if cfg.simulator == "rule":
+        return sims.RuleUserSimulator(cfg.style)
+    if cfg.simulator == "local":
+        kwargs = {}
+        if cfg.simulator_temperature is not None:
+            kwargs["temperature"] = cfg.simulator_temperature
+        if cfg.simulator_max_new_tokens is not None:
+            kwargs["max_new_tokens"] = cfg.simulator_max_new_tokens
+        if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None:
+            import copy
+
+            # a frozen copy: the user does not change when the policy learns
+            model = copy.deepcopy(policy).eval().requires_grad_(False)
+            return sims.StyleUserSimulator(cfg.style, model=model, tokenizer=tokenizer, **kwargs)
+        return sims.StyleUserSimulator(cfg.style, model=cfg.simulator_model, **kwargs)
+    cls = sims.ClaudeStyleUserSimulator if cfg.simulator == "claude" else sims.OpenAICompatibleUserSimulator
+    kwargs = dict(base_url=cfg.simulator_base_url, max_concurrency=cfg.simulator_concurrency)
+    if cfg.simulator_model:
+        kwargs["model"] = cfg.simulator_model
+    if cfg.simulator_temperature is not None:
+        kwargs["temperature"] = cfg.simulator_temperature
+    if cfg.simulator_max_new_tokens is not None:
+        kwargs["max_tokens"] = cfg.simulator_max_new_tokens
+    return cls(cfg.style, **kwargs)
+
+
+def _left_pad(seqs, pad_id):
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, tokenizer, contexts, *, max_new_tokens, temperature, device):
+    """Sampled (temperature > 0) or greedy responses; returns token ids (EOS kept) and texts."""
+    ids, mask = _left_pad(contexts, tokenizer.pad_token_id)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[:, ids.shape[1] :].tolist()
+    responses = []
+    for row in out:
+        cut = []
+        for t in row:
+            cut.append(t)
+            if t == tokenizer.eos_token_id:
+                break
+        responses.append(cut)
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+    return responses, texts
+
+
+class OnlineSDPOTrainer:
+    def __init__(self, cfg: OnlineSDPOConfig, *, model=None, tokenizer=None, simulator=None, prompts=None,
+                 val_prompts=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from sdpo.data.prompts import load_prompts
+
+        self.cfg = cfg
+        # everything that can fail on bad input fails here, before the model loads
+        self.prompts = prompts if prompts is not None else load_prompts(self._require(cfg.train_jsonl, "train_jsonl"))
+        self.val_prompts = val_prompts
+        if self.val_prompts is None and cfg.val_jsonl:
+            self.val_prompts = load_prompts(cfg.val_jsonl)
+        self.accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                       cpu=not torch.cuda.is_available())
+        set_seed(cfg.seed)
+        if simulator is None and cfg.simulator in ("claude", "openai"):
+            simulator = build_simulator(cfg)  # checks the API key before the model loads
+        if model is None:
+            from sdpo.models import LoraOptions, load_model
+
+            lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0) if cfg.use_lora else None
+            model, tokenizer = load_model(cfg.model_name_or_path, dtype=cfg.dtype, device="cpu", lora=lora)
+        self.tokenizer = tokenizer
+        self.simulator = simulator or build_simulator(cfg, model, tokenizer)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.template = get_template(cfg.template, system_prompt=cfg.system_prompt)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if hasattr(self.simulator, "model") and isinstance(self.simulator.model, torch.nn.Module):
+            self.simulator.model.to(self.accelerator.device)
+        world = self.accelerator.num_processes
+        self.global_batch = cfg.per_device_train_batch_size * world
+        steps_per_pass = max(1, len(self.prompts) // self.global_batch)
+        self.max_steps = cfg.max_steps or steps_per_pass * cfg.gradient_accumulation_steps
+        self.step = 0
+        self.micro = 0
+
+    @staticmethod
+    def _require(value, name):
+        if not value:
+            raise ValueError(f"{name} is required")
+        return value
+
+    # ------------------------------------------------------------------ data
+    def _batch(self, micro_step: int):
+        """This rank's prompts for a micro-step: a seeded permutation per pass, sliced by rank."""
+        n = len(self.prompts)
+        start = micro_step * self.global_batch
+        perm_cache = {}
+        out = []
+        for k in range(start, start + self.global_batch):
+            epoch, pos = divmod(k, n)
+            if epoch not in perm_cache:
+                order = list(range(n))
+                random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+                perm_cache[epoch] = order
+            out.append(self.prompts[perm_cache[epoch][pos]])
+        rank, per = self.accelerator.process_index, self.cfg.per_device_train_batch_size
+        return out[rank * per : (rank + 1) * per]
+
+    # ------------------------------------------------------------------ one step
+    def _micro_step(self) -> dict:
+        cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
+        batch = self._batch(self.micro)
+        timings = {}
+        t0 = time.perf_counter()
+        student_msgs = [self.template.student_messages(p.messages) for p in batch]
+        contexts = [truncate_left(render_context(tok, m), cfg.max_context_tokens)[0] for m in student_msgs]
+        policy = acc.unwrap_model(self.model)
+        was_training = policy.training
+        policy.eval()
+        responses, texts = generate(policy, tok, contexts, max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, device=acc.device)
+        policy.train(was_training)
+        timings["time/generate"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        followups = self.simulator.followups([p.text for p in batch], texts)
+        timings["time/simulate"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        encoded = []
+        for p, ctx, resp, o in zip(batch, contexts, responses, followups):
+            teacher = render_context(tok, self.template.teacher_messages(p.messages, o))
+            teacher, _ = truncate_left(teacher, cfg.max_context_tokens)
+            encoded.append(EncodedExample(ctx, teacher, resp or [tok.eos_token_id]))
+        with acc.accumulate(self.model):
+            student, teacher = hindsight_logprobs(self.model, encoded, pad_token_id=tok.pad_token_id,
+                                                  student_grad=True)
+            timings["time/score"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            loss, stats = advantage_pg_loss(
+                student, teacher, ignore_first=cfg.ignore_first_tokens, centering=cfg.advantage_centering,
+                clip=cfg.advantage_clip, old=[s.detach() for s in student], ppo_clip=cfg.ppo_clip,
+            )
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        timings["time/update"] = time.perf_counter() - t3
+
+        from sdpo.feedback.simulators import rule_score
+
+        metrics = {
+            "loss": loss.item(),
+            **stats,
+            "response_tokens_mean": sum(len(r) for r in responses) / len(responses),
+            "followup_words_mean": sum(len(o.split()) for o in followups) / len(followups),
+            "persona_rule_score": sum(rule_score(cfg.style, t) for t in texts) / len(texts),
+            **timings,
+        }
+        self.last_example = {"prompt": batch[0].text, "response": texts[0], "followup": followups[0]}
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self):
+        acc = self.accelerator
+        path = Path(self.cfg.output_dir) / f"checkpoint-{self.step}"
+        acc.wait_for_everyone()
+        acc.save_state(str(path / "accelerate_state"))
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+            (path / "trainer_state.json").write_text(json.dumps({"step": self.step, "micro_step": self.micro}))
+        acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, value: str):
+        path = Path(value)
+        if value in ("last", "auto"):
+            found = sorted(Path(self.cfg.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            if not found:
+                raise FileNotFoundError(f"resume_from_checkpoint=last: no checkpoint in {self.cfg.output_dir}")
+            path = found[-1]
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.json)")
+        self.accelerator.load_state(str(path / "accelerate_state"))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step, self.micro = state["step"], state["micro_step"]
+        return path
+
+    # ------------------------------------------------------------------ summary
+    def _summary_generations(self):
+        if not self.cfg.summary_prompts:
+            return None
+        prompts = (self.val_prompts or self.prompts)[: self.cfg.summary_prompts]
+        contexts = [render_context(self.tokenizer, self.template.student_messages(p.messages)) for p in prompts]
+        policy = self.accelerator.unwrap_model(self.model)
+        was = policy.training
+        policy.eval()
+        _, texts = generate(policy, self.tokenizer, contexts, max_new_tokens=self.cfg.summary_max_new_tokens,
+                            temperature=0.0, device=self.accelerator.device)
+        policy.train(was)
+        return [p.text for p in prompts], texts
+
+    # ------------------------------------------------------------------ loop
+    def train(self):
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.output_dir)
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "sdpo_online_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        if cfg.resume_from_checkpoint:
+            resumed = self.load_checkpoint(cfg.resume_from_checkpoint)
+            acc.print(f"resumed from {resumed} at step {self.step}")
+        before = self._summary_generations() if self.step == 0 else None
+        bar = None
+        if cfg.progress and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step")
+        self.model.train()
+        history = []
+        while self.step < self.max_steps:
+            started = time.perf_counter()
+            micro_metrics = []
+            for _ in range(cfg.gradient_accumulation_steps):
+                micro_metrics.append(self._micro_step())
+                self.micro += 1
+            self.step += 1
+            metrics = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
+            metrics.update(self.simulator.stats.as_metrics())
+            metrics["time/step"] = time.perf_counter() - started
+            metrics = self._mean_over_ranks(metrics)
+            history.append(metrics)
+            if acc.is_main_process:
+                with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
+                                    persona=f"{metrics['persona_rule_score']:.2f}")
+            if self.step % cfg.save_steps == 0 or self.step == self.max_steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        after = self._summary_generations() if before is not None else None
+        self.summary = self._write_summary(before, after, history)
+        return self.summary
+
+    def _mean_over_ranks(self, metrics: dict) -> dict:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], device=acc.device, dtype=torch.float64)
+        values = acc.reduce(values, reduction="mean")
+        return dict(zip(keys, values.tolist()))
+
+    def parameter_checksum(self) -> float:
+        """Sum of all trainable parameters (float64): equal on every rank when DDP keeps them in sync."""
+        model = self.accelerator.unwrap_model(self.model)
+        return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
+
+    def _write_summary(self, before, after, history) -> dict:
+        from sdpo.feedback.simulators import rule_score
+
+        style = self.cfg.style
+        summary: dict = {"steps": self.step, "style": style}
+        if history:
+            k = max(1, len(history) // 3)
+            for name in ("persona_rule_score", "response_tokens_mean", "signal_abs_mean"):
+                if name in history[0]:
+                    summary[f"first_steps_{name}"] = sum(h[name] for h in history[:k]) / k
+                    summary[f"last_steps_{name}"] = sum(h[name] for h in history[-k:]) / k
+        if before and after:
+            prompts, b = before
+            _, a = after
+            summary["heldout_persona_score_before"] = sum(rule_score(style, t) for t in b) / len(b)
+            summary["heldout_persona_score_after"] = sum(rule_score(style, t) for t in a) / len(a)
+            summary["heldout_words_before"] = sum(len(t.split()) for t in b) / len(b)
+            summary["heldout_words_after"] = sum(len(t.split()) for t in a) / len(a)
+            summary["heldout_changed"] = sum(x != y for x, y in zip(b, a))
+            summary["examples"] = [{"prompt": p, "before": x, "after": y} for p, x, y in zip(prompts, b, a)][:3]
+        if self.accelerator.is_main_process:
+            Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"online SDPO: {summary['steps']} steps, user persona '{summary['style']}'"]
+    for name, label in (("persona_rule_score", "persona rule score (training responses)"),
+                        ("response_tokens_mean", "response length, tokens"),
+                        ("signal_abs_mean", "mean |signal|")):
+        if f"first_steps_{name}" in summary:
+            lines.append(f"  {label}: first third {summary[f'first_steps_{name}']:.3f}"
+                         f" -> last third {summary[f'last_steps_{name}']:.3f}")
+    if "heldout_persona_score_before" in summary:
+        lines.append(f"  held-out greedy answers: persona rule score {summary['heldout_persona_score_before']:.2f}"
+                     f" -> {summary['heldout_persona_score_after']:.2f}, words {summary['heldout_words_before']:.1f}"
+                     f" -> {summary['heldout_words_after']:.1f}, {summary['heldout_changed']} answers changed")
+        for ex in summary.get("examples", [])[:1]:
+            short = lambda t: (t[:160] + "…") if len(t) > 160 else t  # noqa: E731
+            lines.append(f"  e.g. prompt: {short(ex['prompt'])!r}")
+            lines.append(f"       before: {short(ex['before'])!r}")
+            lines.append(f"       after:  {short(ex['after'])!r}")
+    return "\n".join(lines)
+
+
+def train_online(cfg: OnlineSDPOConfig, **kwargs) -> OnlineSDPOTrainer:
+    trainer = OnlineSDPOTrainer(cfg, **kwargs)
+    trainer.train()
+    return trainer
