@@ -24,11 +24,15 @@ DEFAULT_OUTPUTS = {
 
 @dataclass
 class PrepareArguments:
-    dataset: str = field(default="", metadata={"help": "wildfeedback or wildchat (also the first positional word)"})
+    dataset: str = field(
+        default="", metadata={"help": "wildfeedback, wildchat, tldr or helpsteer2 (also the first positional word)"}
+    )
     input_file: str | None = field(
         default=None, metadata={"help": "local parquet/JSON/JSONL export in the dataset's layout, or 'sample'"}
     )
-    output: str | None = field(default=None, metadata={"help": "output JSONL (default data/<dataset>/...)"})
+    output: str | None = field(
+        default=None, metadata={"help": "output JSONL (logs) or directory (tldr/helpsteer2: train.jsonl, validation.jsonl)"}
+    )
     split: str = field(default="train", metadata={"help": "hub split"})
     max_conversations: int | None = field(
         default=None, metadata={"help": "cap on conversations kept (WildChat default 15000)"}
@@ -47,8 +51,14 @@ def run(args: PrepareArguments) -> int:
     from sdpo.data.interactions import write_interactions
     from sdpo.data.logs import SOURCES, extract, load_rows
 
+    from sdpo.data.prompt_sources import PROMPT_SOURCES
+
+    if args.dataset in PROMPT_SOURCES:
+        return _prepare_prompts(args)
     if args.dataset not in SOURCES:
-        raise UsageError(f"dataset must be one of {', '.join(SOURCES)} (got {args.dataset!r})")
+        raise UsageError(
+            f"dataset must be one of {', '.join([*SOURCES, *PROMPT_SOURCES])} (got {args.dataset!r})"
+        )
     wildchat = args.dataset == "wildchat"
     rows = load_rows(args.dataset, args.input_file, split=args.split)
     records, stats = extract(
@@ -68,4 +78,26 @@ def run(args: PrepareArguments) -> int:
     stats_path.write_text(json.dumps({"dataset": args.dataset, "input": args.input_file, **stats.to_dict()}, indent=1))
     print(stats.summary())
     print(f"wrote {out} ({len(records)} records) and {stats_path}")
+    return 0
+
+
+def _prepare_prompts(args: PrepareArguments) -> int:
+    from sdpo.data.prompt_sources import PROMPT_SOURCES, load_prompt_rows, prepare_helpsteer2, prepare_tldr
+    from sdpo.data.prompts import write_prompts
+
+    rows = load_prompt_rows(args.dataset, args.input_file)
+    prepare = prepare_tldr if args.dataset == "tldr" else prepare_helpsteer2
+    train, val, stats = prepare(rows)
+    if not train:
+        raise UsageError(f"no training prompts extracted: {dict(stats)}")
+    out = Path(args.output or PROMPT_SOURCES[args.dataset]["out"])
+    write_prompts(train, out / "train.jsonl")
+    write_prompts(val, out / "validation.jsonl")
+    report = {"dataset": args.dataset, "input": args.input_file, "train": len(train), "validation": len(val),
+              **dict(stats)}
+    (out / "stats.json").write_text(json.dumps(report, indent=1))
+    for key, value in report.items():
+        if key not in ("dataset", "input"):
+            print(f"{key}: {value}")
+    print(f"wrote {out}/train.jsonl ({len(train)}) and {out}/validation.jsonl ({len(val)})")
     return 0

@@ -1,0 +1,133 @@
+"""Prompt sets for online training: TL;DR posts and HelpSteer2 prompts.
+
+* TL;DR (``openai/summarize_from_feedback``, config ``comparisons``; rows carry
+  ``info`` with ``post``/``title``/``subreddit`` and a ``split``): posts are made unique
+  by a hash of the normalised text (lower case, whitespace collapsed); a post found in
+  both splits stays in validation only; posts of 1,024 characters or more are dropped.
+* HelpSteer2 (``nvidia/HelpSteer2``; rows with ``prompt`` and ``response``): multi-turn
+  prompts (those with ``<extra_id_`` markers) are dropped, as are rows whose prompt or
+  response exceeds 2,048 characters; exact duplicate prompts are removed.
+
+Rows without a ``split`` column go to validation when a hash of the text puts them in
+the last tenth. Every drop is counted by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+from sdpo.data.prompts import PromptRecord
+
+TLDR_MAX_POST_CHARS = 1024
+HELPSTEER_MAX_CHARS = 2048
+TLDR_INSTRUCTION = "Summarize the following Reddit post in a few sentences.\n\nSUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}"
+
+PROMPT_SOURCES = {
+    "tldr": dict(hub_id="openai/summarize_from_feedback", config="comparisons", splits=("train", "validation"),
+                 sample="tldr_comparisons_sample.jsonl", out="data/tldr_prompts_unique"),
+    "helpsteer2": dict(hub_id="nvidia/HelpSteer2", config=None, splits=("train", "validation"),
+                       sample="helpsteer2_sample.jsonl", out="data/helpsteer2_prompts"),
+}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def normalize_post(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def _split_of(row: dict, key: str) -> str:
+    split = str(row.get("split") or "")
+    if split:
+        return "validation" if split.startswith(("valid", "val", "test")) else "train"
+    return "validation" if int(_digest(key), 16) % 10 == 9 else "train"
+
+
+def prepare_tldr(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]:
+    stats: Counter = Counter()
+    chosen: dict[str, tuple[str, PromptRecord]] = {}  # hash -> (split, record)
+    splits_seen: dict[str, set] = {}
+    for index, row in enumerate(rows):
+        stats["rows seen"] += 1
+        info = row.get("info") if isinstance(row, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("post"), str):
+            raise ValueError(f"row {index}: expected an 'info' object with a 'post' string (TL;DR layout)")
+        post = info["post"].strip()
+        if not post:
+            stats["dropped: empty post"] += 1
+            continue
+        if len(post) >= TLDR_MAX_POST_CHARS:
+            stats[f"dropped: post of {TLDR_MAX_POST_CHARS}+ characters"] += 1
+            continue
+        key = _digest(normalize_post(post))
+        split = _split_of(row, key)
+        splits_seen.setdefault(key, set()).add(split)
+        if key in chosen:
+            stats["dropped: duplicate post"] += 1
+            if split == "validation" and chosen[key][0] == "train":
+                chosen[key] = (split, chosen[key][1])  # a post in both splits stays in validation only
+            continue
+        prompt = TLDR_INSTRUCTION.format(subreddit=info.get("subreddit") or "unknown",
+                                         title=(info.get("title") or "").strip(), post=post)
+        chosen[key] = (split, PromptRecord([{"role": "user", "content": prompt}], id=str(info.get("id") or key[:12]),
+                                           source="tldr"))
+    stats["posts in both splits (kept in validation)"] = sum(len(s) > 1 for s in splits_seen.values())
+    train = [r for s, r in chosen.values() if s == "train"]
+    val = [r for s, r in chosen.values() if s == "validation"]
+    return train, val, stats
+
+
+def prepare_helpsteer2(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]:
+    stats: Counter = Counter()
+    seen: set[str] = set()
+    train, val = [], []
+    for index, row in enumerate(rows):
+        stats["rows seen"] += 1
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"row {index}: expected a 'prompt' string (HelpSteer2 layout)")
+        prompt, response = row["prompt"], row.get("response") or ""
+        if "<extra_id_" in prompt:
+            stats["dropped: multi-turn prompt"] += 1
+            continue
+        if len(prompt) > HELPSTEER_MAX_CHARS or len(response) > HELPSTEER_MAX_CHARS:
+            stats[f"dropped: prompt or response over {HELPSTEER_MAX_CHARS} characters"] += 1
+            continue
+        if prompt in seen:
+            stats["dropped: duplicate prompt"] += 1
+            continue
+        seen.add(prompt)
+        record = PromptRecord([{"role": "user", "content": prompt}], id=f"hs2-{_digest(prompt)[:10]}",
+                              source="helpsteer2")
+        (val if _split_of(row, prompt) == "validation" else train).append(record)
+    return train, val, stats
+
+
+def load_prompt_rows(source: str, input_file: str | None):
+    """Rows from a local export (with or without a ``split`` column) or both hub splits."""
+    import datasets
+
+
+    spec = PROMPT_SOURCES[source]
+    if input_file in ("sample", "bundled"):
+        from importlib import resources
+
+        input_file = str(resources.files("sdpo") / "resources" / "samples" / spec["sample"])
+    if input_file:
+        path = Path(input_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--input_file {input_file}: no such file")
+        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"--input_file {input_file}: unsupported format (parquet, json, jsonl, csv)")
+        return list(datasets.load_dataset(builder, data_files=str(path), split="train"))
+    rows = []
+    for split in spec["splits"]:
+        args = (spec["hub_id"], spec["config"]) if spec["config"] else (spec["hub_id"],)
+        for row in datasets.load_dataset(*args, split=split):
+            rows.append({**row, "split": "train" if split == "train" else "validation"})
+    return rows
