@@ -32,9 +32,17 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# A short online SDPO run on the embedded model: bundled TL;DR posts, a rule-based
+# simulated user who wants concise, casual, beginner-friendly answers (2 CPU cores: ~3 min).
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
-	$(BIN)/sdpo signal --cases bundled
+	$(BIN)/sdpo prepare tldr --input_file sample --output data/demo/tldr
+	rm -rf $(DEMO_DIR)
+	$(BIN)/sdpo train-online --train_jsonl data/demo/tldr/train.jsonl --val_jsonl data/demo/tldr/validation.jsonl \
+	  --simulator rule --style concise_casual_beginner --max_steps 8 --save_steps 4 \
+	  --per_device_train_batch_size 4 --max_new_tokens 96 --learning_rate 1e-5 \
+	  --summary_prompts 4 --summary_max_new_tokens 64 --output_dir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -39,3 +39,8 @@ launch_cmd() {
             --num_processes "$world" -m sdpo.cli)
   fi
 }
+
+# show_secret VAR: say whether a secret is set, never its value
+show_secret() {
+  if [[ -n "${!1:-}" ]]; then echo "# $1=****** (set, masked)"; else echo "# $1 is not set"; fi
+}

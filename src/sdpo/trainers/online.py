@@ -406,6 +406,13 @@ class OnlineSDPOTrainer:
             summary["heldout_words_before"] = sum(len(t.split()) for t in b) / len(b)
             summary["heldout_words_after"] = sum(len(t.split()) for t in a) / len(a)
             summary["heldout_changed"] = sum(x != y for x, y in zip(b, a))
+            # rule judge: the answer with fewer persona violations wins, equal counts tie
+            from sdpo.feedback.simulators import rule_violations
+
+            wins = sum(len(rule_violations(style, y)) < len(rule_violations(style, x)) for x, y in zip(b, a))
+            losses = sum(len(rule_violations(style, y)) > len(rule_violations(style, x)) for x, y in zip(b, a))
+            summary.update(rule_judge_wins=wins, rule_judge_losses=losses, rule_judge_ties=len(a) - wins - losses,
+                           rule_judge_win_rate=wins / (wins + losses) if wins + losses else None)
             summary["examples"] = [{"prompt": p, "before": x, "after": y} for p, x, y in zip(prompts, b, a)][:3]
         if self.accelerator.is_main_process:
             Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
@@ -424,6 +431,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  held-out greedy answers: persona rule score {summary['heldout_persona_score_before']:.2f}"
                      f" -> {summary['heldout_persona_score_after']:.2f}, words {summary['heldout_words_before']:.1f}"
                      f" -> {summary['heldout_words_after']:.1f}, {summary['heldout_changed']} answers changed")
+        lines.append(f"  rule judge, trained vs initial: {summary['rule_judge_wins']} wins, "
+                     f"{summary['rule_judge_losses']} losses, {summary['rule_judge_ties']} ties")
         for ex in summary.get("examples", [])[:1]:
             short = lambda t: (t[:160] + "…") if len(t) > 160 else t  # noqa: E731
             lines.append(f"  e.g. prompt: {short(ex['prompt'])!r}")

@@ -1,0 +1,160 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdpo.cli import main
+from sdpo.data.prompt_sources import load_prompt_rows, prepare_helpsteer2, prepare_tldr
+from sdpo.data.prompts import write_prompts
+from sdpo.losses import advantage_pg_loss
+from sdpo.reference import reference_logprobs
+from sdpo.signal import encode_examples, hindsight_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
+    return write_prompts(train[:8], tmp_path_factory.mktemp("prompts") / "train.jsonl")
+
+
+def _args(prompts_file, out, *extra):
+    return ["train-online", "--train_jsonl", str(prompts_file), "--model_name_or_path", "tiny-random",
+            "--simulator", "rule", "--style", "no_emojis", "--per_device_train_batch_size", "2",
+            "--max_new_tokens", "8", "--learning_rate", "1e-3", "--output_dir", str(out), "--summary_prompts", "2",
+            "--summary_max_new_tokens", "4", "--progress", "false", *extra]
+
+
+def test_prepare_tldr_and_helpsteer2_samples():
+    train, val, stats = prepare_tldr(load_prompt_rows("tldr", "sample"))
+    assert (len(train), len(val)) == (36, 6)
+    assert stats["dropped: duplicate post"] == 15 and stats["dropped: post of 1024+ characters"] == 1
+    assert stats["posts in both splits (kept in validation)"] == 1
+    assert not {r.text for r in train} & {r.text for r in val}
+    assert all(r.text.startswith("Summarize the following Reddit post") for r in train)
+    train, val, stats = prepare_helpsteer2(load_prompt_rows("helpsteer2", "sample"))
+    assert (len(train), len(val)) == (37, 5)
+    assert stats["dropped: multi-turn prompt"] == 1 and stats["dropped: duplicate prompt"] == 11
+    assert stats["dropped: prompt or response over 2048 characters"] == 1
+
+
+def test_policy_gradient_matches_float64_reference(tokenizer):
+    """-sum_t A_t grad log p(y_t) / T with A fixed, through the PPO-clipped surrogate at ratio 1."""
+    from sdpo.models import tiny_random_model
+
+    enc = encode_examples(tokenizer, [("Summarize: cats nap a lot.", "Cats sleep.", "Too short!"),
+                                      ("Name a color", "Blue 💙", "no emojis")])
+    model = tiny_random_model(len(tokenizer), seed=5)
+    model64 = tiny_random_model(len(tokenizer), seed=5).double()
+    s, q = hindsight_logprobs(model, enc, pad_token_id=tokenizer.pad_token_id, student_grad=True)
+    loss, _ = advantage_pg_loss(s, q, old=[x.detach() for x in s], ppo_clip=0.2)
+    loss.backward()
+    terms = []
+    for e in enc:
+        s64 = reference_logprobs(model64, e.student_context, e.response)
+        with torch.no_grad():
+            q64 = reference_logprobs(model64, e.teacher_context, e.response)
+        terms.append(-((q64 - s64.detach()) * s64).sum() / len(s64))
+    torch.stack(terms).mean().backward()
+    got = dict(model.named_parameters())
+    for name, p in model64.named_parameters():
+        scale = p.grad.abs().max().item() + 1e-12
+        assert (got[name].grad.double() - p.grad).abs().max().item() / scale < 1e-4, name
+
+
+def test_two_step_run_checkpoints_and_resume(prompts_file, tmp_path, capsys):
+    straight = tmp_path / "straight"
+    assert main(_args(prompts_file, straight, "--max_steps", "2", "--save_steps", "1")) == 0
+    out = capsys.readouterr().out
+    assert "online SDPO: 2 steps" in out
+    for name in ("checkpoint-1/model.safetensors", "checkpoint-1/accelerate_state", "checkpoint-2/tokenizer.json",
+                 "metrics.jsonl", "summary.json"):
+        assert (straight / name).exists(), name
+    steps = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps] == [1, 2]
+    for key in ("loss", "signal_abs_mean", "response_tokens_mean", "followup_words_mean", "simulator/seconds",
+                "time/generate", "time/simulate", "time/score", "time/update", "persona_rule_score"):
+        assert key in steps[0], key
+
+    # stop after step 1, then resume from its checkpoint: same end point as the straight run
+    resumed = tmp_path / "resumed"
+    assert main(_args(prompts_file, resumed, "--max_steps", "1", "--save_steps", "1")) == 0
+    assert main(_args(prompts_file, resumed, "--max_steps", "2", "--save_steps", "1",
+                      "--resume_from_checkpoint", str(resumed / "checkpoint-1"))) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = load_file(straight / "checkpoint-2" / "model.safetensors")
+    b = load_file(resumed / "checkpoint-2" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_processes_hold_identical_weights(prompts_file, tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+           "-m", "sdpo.cli", *_args(prompts_file, tmp_path / "ddp", "--max_steps", "2", "--save_steps", "2")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    sums = sorted(line for line in done.stdout.splitlines() if "parameter checksum" in line)
+    assert len(sums) == 2 and sums[0].startswith("rank 0/2") and sums[1].startswith("rank 1/2")
+    assert sums[0].split("checksum ")[1] == sums[1].split("checksum ")[1]
+
+
+def test_input_errors_come_before_training(prompts_file, tmp_path, capsys, monkeypatch):
+    assert main(_args(prompts_file, tmp_path / "a", "--style", "nope")) == 2
+    assert "unknown style 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
+    assert main(_args(bad, tmp_path / "b")) == 2
+    assert "bad.jsonl:2: field 'prompt' must be a string" in capsys.readouterr().err
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    args = _args(prompts_file, tmp_path / "c", "--simulator", "claude")
+    args[args.index("--model_name_or_path") + 1] = "/no/such/model"  # would fail later if the key check did not
+    assert main(args) == 2
+    assert "ANTHROPIC_API_KEY" in capsys.readouterr().err
+
+
+def _script(name, *args, **env):
+    base = {k: v for k, v in os.environ.items() if k not in ("SCRATCH", "WORLD_SIZE", "ANTHROPIC_API_KEY")}
+    base["SDPO_BIN"] = str(Path(sys.executable).parent / "sdpo")
+    return subprocess.run(["bash", f"scripts/{name}", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**base, **env}, timeout=300)
+
+
+def test_online_scripts_dry_run_defaults_and_masking():
+    done = _script("train_online_sdpo_tldr.sh", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    for part in ("--num_processes 4", "--model_name_or_path Qwen/Qwen3-4B", "--simulator_model Qwen/Qwen3-4B",
+                 "--style concise_casual_beginner", "--learning_rate 5e-6", "--per_device_train_batch_size 4",
+                 "--gradient_accumulation_steps 1", "--output_dir ./runs/sdpo-tldr-runs/"):
+        assert part in done.stdout, part
+    secret = "sk-ant-DO-NOT-PRINT"
+    done = _script("train_online_sdpo.sh", "--dry-run", ANTHROPIC_API_KEY=secret, WORLD_SIZE="1", SCRATCH="/s",
+                   STYLE="poetic")
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr and "ANTHROPIC_API_KEY=****** (set, masked)" in done.stdout
+    for part in ("--model_name_or_path Qwen/Qwen3-8B", "--simulator claude", "--style poetic",
+                 "--per_device_train_batch_size 2", "--gradient_accumulation_steps 4", "--output_dir /s/sdpo-runs/"):
+        assert part in done.stdout, part
+    assert "accelerate" not in done.stdout
+    done = _script("train_online_sdpo.sh", TRAIN_JSONL=str(ROOT / "README.md"))
+    assert done.returncode == 2 and "ANTHROPIC_API_KEY is not set" in done.stderr
+
+
+def test_prepare_scripts_and_a_short_scripted_run(tmp_path):
+    done = _script("prepare_data_tldr.sh", INPUT_FILE="sample", OUTPUT_DIR=str(tmp_path / "tldr"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len((tmp_path / "tldr" / "train.jsonl").read_text().splitlines()) == 36
+    done = _script("prepare_data_helpsteer.sh", INPUT_FILE="sample", OUTPUT_DIR=str(tmp_path / "hs"))
+    assert done.returncode == 0 and len((tmp_path / "hs" / "validation.jsonl").read_text().splitlines()) == 5
+    done = _script("train_online_sdpo_tldr.sh", "--simulator", "rule", "--max_new_tokens", "4", "--summary_prompts", "0",
+                   "--progress", "false", TRAIN_JSONL=str(tmp_path / "tldr" / "train.jsonl"), WORLD_SIZE="1",
+                   MODEL_NAME_OR_PATH="tiny-random", USER_MODEL_NAME_OR_PATH="tiny-random", MAX_STEPS="1", BS="2",
+                   OUTPUT_DIR=str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint-1" / "model.safetensors").is_file()
