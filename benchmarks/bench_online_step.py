@@ -1,0 +1,88 @@
+"""Online SDPO step: where the time goes, and the batched local simulator vs one-at-a-time.
+
+1. Simulator: the same local user simulator (the embedded model, temperature 0.7,
+   ``--sim-tokens`` new tokens) answers the same 8 (prompt, response) pairs, batched
+   (one ``generate`` for all) and one request at a time, side by side in one process,
+   seeds fixed, order alternating. Printed: follow-ups per second for both and the ratio.
+2. Step split: a few ``sdpo train-online`` steps with that simulator; the mean
+   generate / simulate / score / update seconds per step from ``metrics.jsonl``.
+
+    python benchmarks/bench_online_step.py [--repeats 2] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sdpo.data.prompt_sources import load_prompt_rows, prepare_tldr
+from sdpo.data.prompts import write_prompts
+from sdpo.feedback.simulators import StyleUserSimulator
+from sdpo.models import load_model
+from sdpo.trainers.online import OnlineSDPOConfig, OnlineSDPOTrainer, generate
+from sdpo.templates import get_template, render_context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sim-tokens", type=int, default=64)
+    parser.add_argument("--response-tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
+    prompts = train[: args.batch]
+    model, tok = load_model("smollm2-135m", device="cpu", dtype="float32")
+    template = get_template()
+    contexts = [render_context(tok, template.student_messages(p.messages)) for p in prompts]
+    torch.manual_seed(0)
+    _, responses = generate(model, tok, contexts, max_new_tokens=args.response_tokens, temperature=1.0,
+                            device=torch.device("cpu"))
+    sim = StyleUserSimulator("concise_casual_beginner", model=model, tokenizer=tok,
+                             max_new_tokens=args.sim_tokens, batch_size=args.batch)
+    texts = [p.text for p in prompts]
+    times = {"batched": [], "one_at_a_time": []}
+    for r in range(args.repeats + 1):  # first round is warm-up
+        for method in (("batched", "one_at_a_time") if r % 2 == 0 else ("one_at_a_time", "batched")):
+            torch.manual_seed(r)
+            start = time.perf_counter()
+            if method == "batched":
+                sim.followups(texts, responses)
+            else:
+                sim.followups_one_at_a_time(texts, responses)
+            if r:
+                times[method].append(time.perf_counter() - start)
+    row = {"benchmark": "local_simulator", "model": "smollm2-135m", "device": "cpu", "pairs": len(texts),
+           "sim_max_new_tokens": args.sim_tokens}
+    for method, values in times.items():
+        row[f"{method}_followups_per_s"] = round(len(texts) / statistics.median(values), 3)
+    row["speedup"] = round(row["batched_followups_per_s"] / row["one_at_a_time_followups_per_s"], 3)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_prompts(train, Path(tmp) / "train.jsonl")
+        cfg = OnlineSDPOConfig(train_jsonl=str(data), simulator="local", style="concise_casual_beginner",
+                               max_steps=args.steps, save_steps=10**6, per_device_train_batch_size=4,
+                               max_new_tokens=args.response_tokens, simulator_max_new_tokens=args.sim_tokens,
+                               output_dir=str(Path(tmp) / "run"), summary_prompts=0, progress=False)
+        trainer = OnlineSDPOTrainer(cfg, model=model, tokenizer=tok)
+        trainer.save_checkpoint = lambda: None  # timing only
+        trainer.train()
+        steps = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    for part in ("generate", "simulate", "score", "update", "step"):
+        row[f"step_{part}_s"] = round(statistics.mean(s[f"time/{part}"] for s in steps), 3)
+    row.update(step_batch=4, steps=len(steps), threads=torch.get_num_threads(), torch=torch.__version__,
+               machine=platform.machine(), date=time.strftime("%Y-%m-%d"))
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
