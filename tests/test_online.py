@@ -158,3 +158,14 @@ def test_prepare_scripts_and_a_short_scripted_run(tmp_path):
                    OUTPUT_DIR=str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoint-1" / "model.safetensors").is_file()
+
+
+def test_prepare_prompt_errors_are_clean(tmp_path, capsys):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"info": {"post": "fine"}}\n{"nothing": 1}\n')
+    assert main(["prepare", "tldr", "--input_file", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "row 1: expected an 'info' object" in capsys.readouterr().err
+    other = tmp_path / "rows.txt"
+    other.write_text("x")
+    assert main(["prepare", "helpsteer2", "--input_file", str(other)]) == 2
+    assert "unsupported format '.txt'" in capsys.readouterr().err

@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(err: Exception) -> bool:
     from sdpo.data.cases import CasesError
     from sdpo.data.interactions import RecordError
+    from sdpo.data.io import DataFileError
     from sdpo.data.logs import ConversationError
     from sdpo.feedback.personas import UnknownPersonaError
     from sdpo.feedback.simulators import MissingAPIKeyError, SimulatorAPIError
@@ -154,7 +155,7 @@ def _is_user_error(err: Exception) -> bool:
     from sdpo.signal import SignalInputError
     from sdpo.templates import TemplateError
 
-    return isinstance(err, (CasesError, RecordError, MissingAPIKeyError, SimulatorAPIError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+    return isinstance(err, (CasesError, RecordError, DataFileError, MissingAPIKeyError, SimulatorAPIError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover

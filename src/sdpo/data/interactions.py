@@ -13,10 +13,11 @@ or, with ``skip_invalid=True``, counts and reports the bad lines instead.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sdpo.data.io import JSONLineError, iter_jsonl
 from typing import Any
 
 _ROLES = {"system", "user", "assistant"}
@@ -97,23 +98,18 @@ def load_interactions(path: str | Path, *, skip_invalid: bool = False) -> tuple[
         raise RecordError(f"{path}: no such file")
     report = LoadReport(str(path))
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise RecordError(f"invalid JSON ({err.msg}, column {err.colno})") from None
-                records.append(validate_record(obj))
-            except RecordError as err:
-                if not skip_invalid:
-                    raise RecordError(f"{path}:{lineno}: {err} (use --skip_invalid to count and skip such lines)") from None
-                reason = str(err).split(" (")[0]
-                report.skipped[reason] += 1
-                if len(report.first_errors) < 5:
-                    report.first_errors.append(f"{path}:{lineno}: {err}")
+    for lineno, obj in iter_jsonl(path):
+        try:
+            if isinstance(obj, JSONLineError):
+                raise RecordError(str(obj))
+            records.append(validate_record(obj))
+        except RecordError as err:
+            if not skip_invalid:
+                raise RecordError(f"{path}:{lineno}: {err} (use --skip_invalid to count and skip such lines)") from None
+            reason = str(err).split(" (")[0]
+            report.skipped[reason] += 1
+            if len(report.first_errors) < 5:
+                report.first_errors.append(f"{path}:{lineno}: {err}")
     report.kept = len(records)
     if not records:
         raise RecordError(f"{path}: no valid records")
@@ -121,9 +117,6 @@ def load_interactions(path: str | Path, *, skip_invalid: bool = False) -> tuple[
 
 
 def write_interactions(records, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-    return path
+    from sdpo.data.io import write_jsonl
+
+    return write_jsonl((r.to_json() for r in records), path)

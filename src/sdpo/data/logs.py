@@ -214,14 +214,9 @@ def load_rows(source: str, input_file: str | None = None, *, split: str = "train
     if input_file in ("sample", "bundled"):
         input_file = str(sample_path(source))
     if input_file:
-        path = Path(input_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--input_file {input_file}: no such file")
-        suffix = path.suffix.lower()
-        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(suffix)
-        if builder is None:
-            raise ValueError(f"--input_file {input_file}: unsupported format {suffix!r} (parquet, json, jsonl)")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        from sdpo.data.io import load_local_table
+
+        return load_local_table(input_file)
     spec = SOURCES[source]
     args = (spec["hub_id"], spec["config"]) if spec["config"] else (spec["hub_id"],)
     return datasets.load_dataset(*args, split=split)

@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from pathlib import Path
-
+from sdpo.data.io import DataFileError
 from sdpo.data.prompts import PromptRecord
 
 TLDR_MAX_POST_CHARS = 1024
@@ -56,7 +55,7 @@ def prepare_tldr(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]
         stats["rows seen"] += 1
         info = row.get("info") if isinstance(row, dict) else None
         if not isinstance(info, dict) or not isinstance(info.get("post"), str):
-            raise ValueError(f"row {index}: expected an 'info' object with a 'post' string (TL;DR layout)")
+            raise DataFileError(f"row {index}: expected an 'info' object with a 'post' string (TL;DR layout)")
         post = info["post"].strip()
         if not post:
             stats["dropped: empty post"] += 1
@@ -89,7 +88,7 @@ def prepare_helpsteer2(rows) -> tuple[list[PromptRecord], list[PromptRecord], Co
     for index, row in enumerate(rows):
         stats["rows seen"] += 1
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"row {index}: expected a 'prompt' string (HelpSteer2 layout)")
+            raise DataFileError(f"row {index}: expected a 'prompt' string (HelpSteer2 layout)")
         prompt, response = row["prompt"], row.get("response") or ""
         if "<extra_id_" in prompt:
             stats["dropped: multi-turn prompt"] += 1
@@ -118,13 +117,9 @@ def load_prompt_rows(source: str, input_file: str | None):
 
         input_file = str(resources.files("sdpo") / "resources" / "samples" / spec["sample"])
     if input_file:
-        path = Path(input_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--input_file {input_file}: no such file")
-        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"--input_file {input_file}: unsupported format (parquet, json, jsonl, csv)")
-        return list(datasets.load_dataset(builder, data_files=str(path), split="train"))
+        from sdpo.data.io import load_local_table
+
+        return list(load_local_table(input_file))
     rows = []
     for split in spec["splits"]:
         args = (spec["hub_id"], spec["config"]) if spec["config"] else (spec["hub_id"],)

@@ -8,11 +8,11 @@ ending with a user turn), and optionally ``id`` and ``source``:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdpo.data.interactions import RecordError
+from sdpo.data.io import JSONLineError, iter_jsonl
 from sdpo.templates import TemplateError, as_messages
 
 
@@ -57,27 +57,19 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     if not path.is_file():
         raise RecordError(f"{path}: no such file")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
-            try:
-                records.append(parse_prompt(obj))
-            except RecordError as err:
-                raise RecordError(f"{path}:{lineno}: {err}") from None
+    for lineno, obj in iter_jsonl(path):
+        try:
+            if isinstance(obj, JSONLineError):
+                raise RecordError(str(obj))
+            records.append(parse_prompt(obj))
+        except RecordError as err:
+            raise RecordError(f"{path}:{lineno}: {err}") from None
     if not records:
         raise RecordError(f"{path}: no prompts")
     return records
 
 
 def write_prompts(records, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-    return path
+    from sdpo.data.io import write_jsonl
+
+    return write_jsonl((r.to_json() for r in records), path)
