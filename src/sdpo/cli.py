@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
     "train-online": Command("train_online", "online SDPO: generate, ask a simulated user, learn from the reply"),
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
+    "eval": Command("eval", "eval checkpoints: pairwise win rate of checkpoints against a baseline"),
     "personas": Command("personas", "list the user personas (styles) for simulators and judges"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
 }

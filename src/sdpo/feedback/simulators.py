@@ -264,9 +264,12 @@ class _APISimulator(UserSimulator):
         return f"{type(self).__name__}(style={self.style!r}, model={self.model!r}, base_url={self.base_url!r})"
 
     def _followups(self, prompts, responses):
-        items = [self.prompt_for(p, r) for p, r in zip(prompts, responses)]
+        return self.complete([self.prompt_for(p, r) for p, r in zip(prompts, responses)])
+
+    def complete(self, texts: Sequence[str]) -> list[str]:
+        """Raw completions of ``texts`` (concurrent, retried); judges reuse this client."""
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(self._call, items))
+            return list(pool.map(self._call, texts))
 
     def _call(self, text: str) -> str:
         try:

@@ -1,0 +1,84 @@
+"""``sdpo eval checkpoints``: win rate of each checkpoint against a baseline, judged pairwise.
+
+    sdpo eval checkpoints --run_dir runs/demo --data_path data/demo/tldr/validation.jsonl \\
+        --baseline smollm2-135m --judge rule --style concise_casual_beginner
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdpo.cli import UsageError
+
+
+@dataclass
+class EvalArguments:
+    what: str = field(default="checkpoints", metadata={"help": "checkpoints (the first positional word)"})
+    run_dir: str = field(default="", metadata={"help": "training run directory with checkpoint-<step>/"})
+    data_path: str = field(default="", metadata={"help": "held-out prompts JSONL"})
+    ckpts: str = field(default="3 6 9 12 15", metadata={"help": "steps to evaluate ('all' = every checkpoint)"})
+    baseline: str = field(default="Qwen/Qwen3-8B", metadata={"help": "model every checkpoint is compared with"})
+    judge: str = field(default="local", metadata={"help": "rule, local, claude or openai"})
+    judge_model: str | None = field(default=None, metadata={"help": "local: model; API: model name"})
+    judge_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai)"})
+    judge_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
+    style: str = field(default="concise_casual_beginner", metadata={"help": "the user persona to judge for"})
+    eval_n: int = field(default=256, metadata={"help": "held-out prompts"})
+    seed: int = field(default=0, metadata={"help": "prompt selection seed"})
+    max_new_tokens: int = field(default=256, metadata={"help": "answer length limit"})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "prompts cut from the left to this"})
+    oracle: bool = field(default=False, metadata={"help": "add the baseline with the persona in its system prompt"})
+    output_dir: str | None = field(default=None, metadata={"help": "default <run_dir>/eval"})
+
+
+ARGUMENTS = EvalArguments
+POSITIONAL = "what"
+
+
+def _judge(args: EvalArguments):
+    from sdpo.judges import pairwise
+
+    if args.judge == "rule":
+        return pairwise.RuleJudge(args.style)
+    if args.judge == "local":
+        return pairwise.LocalJudge(args.style, model=args.judge_model or "Qwen/Qwen3-8B")
+    if args.judge in ("claude", "openai"):
+        from sdpo.feedback import simulators as sims
+
+        cls = sims.ClaudeStyleUserSimulator if args.judge == "claude" else sims.OpenAICompatibleUserSimulator
+        kwargs = dict(base_url=args.judge_base_url, max_concurrency=args.judge_concurrency, max_tokens=16)
+        if args.judge_model:
+            kwargs["model"] = args.judge_model
+        return pairwise.APIJudge(args.style, client=cls(args.style, **kwargs))
+    raise UsageError(f"--judge must be rule, local, claude or openai, not {args.judge!r}")
+
+
+def run(args: EvalArguments) -> int:
+    from sdpo.eval.checkpoints import GenerationCache, evaluate, find_checkpoints, select_prompts, write_results
+    from sdpo.feedback.personas import persona_description
+
+    if args.what != "checkpoints":
+        raise UsageError(f"unknown evaluation {args.what!r}; available: checkpoints")
+    if not args.run_dir or not args.data_path:
+        raise UsageError("--run_dir and --data_path are required")
+    persona_description(args.style)
+    steps = None if args.ckpts.strip() == "all" else [int(s) for s in args.ckpts.replace(",", " ").split()]
+    checkpoints = find_checkpoints(args.run_dir, steps)  # all input checked before any model loads
+    prompts = select_prompts(args.data_path, args.eval_n, args.seed)
+    judge = _judge(args)
+    out = Path(args.output_dir or Path(args.run_dir) / "eval")
+    rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
+                    max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                    oracle_style=args.style if args.oracle else None)
+    meta = {"baseline": args.baseline, "judge": args.judge, "judge_model": args.judge_model, "style": args.style,
+            "eval_n": len(prompts), "seed": args.seed}
+    write_results(rows, out, meta)
+    print(f"win rate vs {args.baseline}, {args.judge} judge, style {args.style}, {len(prompts)} prompts, both orders")
+    print(f"{'model':34s} {'win%':>6s} {'±binom':>7s} {'±boot':>7s} {'W':>4s} {'L':>4s} {'T':>4s} {'unp':>4s} {'cov':>5s}")
+    for r in rows:
+        print(f"{r['name'][:34]:34s} {100 * r['win_rate']:6.1f} {100 * r['se_binomial']:7.1f} "
+              f"{100 * r['se_bootstrap']:7.1f} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} {r['unparsed']:4d} "
+              f"{r['coverage']:5.2f}")
+    print(f"wrote {out}/winrates.csv, winrates.json, winrates.png (generations cached in {out}/generations)")
+    return 0

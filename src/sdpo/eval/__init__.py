@@ -1,0 +1,1 @@
+"""Evaluation: checkpoint win rates."""

@@ -1,0 +1,147 @@
+"""Checkpoint evaluation: pairwise win rate of each checkpoint against a baseline.
+
+For each checkpoint and the baseline: greedy answers to the same held-out prompts
+(fixed seed, prompts cut from the left to a token limit), cached on disk keyed by the
+model and the prompt, so a re-run or a new judge does not regenerate. Each pair is
+judged in both orders (:func:`sdpo.judges.pairwise.judge_both_orders`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from sdpo.data.io import write_jsonl
+from sdpo.data.prompts import load_prompts
+from sdpo.judges.pairwise import judge_both_orders
+from sdpo.judges.stats import win_rate_summary
+
+
+def _key(model_id: str, prompt: str, max_new_tokens: int) -> str:
+    return hashlib.sha1(json.dumps([model_id, prompt, max_new_tokens]).encode()).hexdigest()
+
+
+class GenerationCache:
+    """``<dir>/<sha1(model)>.jsonl``: one line per (prompt, answer)."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, model_id: str) -> Path:
+        return self.dir / (hashlib.sha1(model_id.encode()).hexdigest()[:16] + ".jsonl")
+
+    def load(self, model_id: str) -> dict[str, str]:
+        path = self._path(model_id)
+        if not path.is_file():
+            return {}
+        return {row["key"]: row["answer"] for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+    def save(self, model_id: str, rows: dict[str, str]) -> None:
+        write_jsonl(({"key": k, "answer": v, "model": model_id} for k, v in rows.items()), self._path(model_id))
+
+
+def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_tokens: int, max_prompt_tokens: int,
+                system_prompt: str | None = None, loader=None) -> list[str]:
+    """Greedy answers, from the cache where present; the model is loaded only if something is missing."""
+    cached = cache.load(model_id)
+    keys = [_key(model_id + (system_prompt or ""), p.text, max_new_tokens) for p in prompts]
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    if missing:
+        import torch
+
+        from sdpo.models import load_model
+        from sdpo.signal import truncate_left
+        from sdpo.templates import get_template, render_context
+        from sdpo.trainers.online import generate
+
+        model, tok = (loader or load_model)(model_id)
+        model.eval()
+        template = get_template(system_prompt=system_prompt)
+        device = next(model.parameters()).device
+        for start in range(0, len(missing), 8):
+            chunk = missing[start : start + 8]
+            ctx = [truncate_left(render_context(tok, template.student_messages(prompts[i].messages)),
+                                 max_prompt_tokens)[0] for i in chunk]
+            _, texts = generate(model, tok, ctx, max_new_tokens=max_new_tokens, temperature=0.0,
+                                device=device if isinstance(device, torch.device) else torch.device(device))
+            for i, text in zip(chunk, texts):
+                cached[keys[i]] = text
+        cache.save(model_id, cached)
+    return [cached[k] for k in keys]
+
+
+def select_prompts(path: str, n: int, seed: int):
+    prompts = load_prompts(path)
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    return [prompts[i] for i in order[:n]]
+
+
+def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, Path]]:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    found = {int(p.name.split("-")[1]): p for p in run.glob("checkpoint-*") if p.name.split("-")[1].isdigit()}
+    if not found:
+        raise FileNotFoundError(f"no checkpoint-<step> directories in {run_dir}")
+    if steps:
+        missing = [s for s in steps if s not in found]
+        if missing:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint for step(s) {missing}; found {sorted(found)}")
+        return [(f"checkpoint-{s}", found[s]) for s in steps]
+    return [(f"checkpoint-{s}", found[s]) for s in sorted(found)]
+
+
+def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache, *, max_new_tokens=256,
+             max_prompt_tokens=1024, oracle_style: str | None = None, loader=None) -> list[dict]:
+    texts = [p.text for p in prompts]
+    base = answers_for(baseline, prompts, cache, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                       loader=loader)
+    rows = []
+    entries = [(name, str(path), None) for name, path in checkpoints]
+    if oracle_style:
+        from sdpo.feedback.personas import persona_description
+
+        entries.append(("oracle (persona in system prompt)", baseline, persona_description(oracle_style)))
+    for name, model_id, system_prompt in entries:
+        answers = answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
+                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, loader=loader)
+        outcomes = judge_both_orders(judge, texts, answers, base)
+        step = int(name.split("-")[1]) if name.startswith("checkpoint-") else None
+        rows.append({"name": name, "step": step, "model": model_id, **win_rate_summary(outcomes)})
+    return rows
+
+
+def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
+    import csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "winrates.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
+    with (out_dir / "winrates.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ckpts = [r for r in rows if r["step"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar([r["step"] for r in ckpts], [100 * r["win_rate"] for r in ckpts],
+                yerr=[100 * r["se_bootstrap"] for r in ckpts], marker="o", capsize=4, label="checkpoint vs baseline")
+    for r in rows:
+        if r["step"] is None:
+            ax.axhline(100 * r["win_rate"], color="tab:green", linestyle=":", label=r["name"])
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="50%")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("win rate, % (ties excluded)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"win rate vs {meta['baseline']} ({meta['judge']} judge, style {meta['style']})", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "winrates.png", dpi=110)
+    plt.close(fig)

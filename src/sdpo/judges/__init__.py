@@ -1,0 +1,1 @@
+"""Pairwise style judges and win-rate statistics."""

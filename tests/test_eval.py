@@ -1,0 +1,117 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdpo.cli import main
+from sdpo.data.prompts import PromptRecord, write_prompts
+from sdpo.eval.checkpoints import GenerationCache, answers_for
+from sdpo.judges.pairwise import CallableJudge, RuleJudge, judge_both_orders, parse_verdict
+from sdpo.judges.stats import win_rate_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_always_a_judge_gives_only_ties():
+    judge = CallableJudge("no_emojis", fn=lambda texts: ["A"] * len(texts))
+    outcomes = judge_both_orders(judge, ["p"] * 5, ["x"] * 5, ["y"] * 5)
+    assert outcomes == ["tie"] * 5
+    assert win_rate_summary(outcomes)["coverage"] == 0.0
+
+
+def test_rule_judge_exact_win_rate_and_binomial_se():
+    judge = RuleJudge("no_emojis")
+    candidate = ["clean answer"] * 6 + ["emoji 🎉"] * 2 + ["same"] * 2
+    baseline = ["emoji 🎉"] * 6 + ["clean answer"] * 2 + ["same"] * 2
+    outcomes = judge_both_orders(judge, ["p"] * 10, candidate, baseline)
+    assert outcomes == ["win"] * 6 + ["loss"] * 2 + ["tie"] * 2
+    s = win_rate_summary(outcomes)
+    assert (s["wins"], s["losses"], s["ties"], s["unparsed"]) == (6, 2, 2, 0)
+    assert s["win_rate"] == 0.75 and s["coverage"] == 0.8
+    assert s["se_binomial"] == pytest.approx(math.sqrt(0.75 * 0.25 / 8))
+
+
+def test_bootstrap_se_on_known_data():
+    outcomes = ["win"] * 300 + ["loss"] * 100 + ["tie"] * 100
+    s = win_rate_summary(outcomes, n_bootstrap=5000, seed=1)
+    assert s["se_bootstrap"] == pytest.approx(s["se_binomial"], rel=0.1)
+    # a float64 reference bootstrap with another seed agrees too
+    rng = np.random.default_rng(7)
+    codes = np.array([1] * 300 + [-1] * 100 + [0] * 100)
+    rates = []
+    for _ in range(2000):
+        sample = codes[rng.integers(0, len(codes), len(codes))]
+        rates.append((sample == 1).sum() / (sample != 0).sum())
+    assert s["se_bootstrap"] == pytest.approx(np.std(rates, ddof=1), rel=0.1)
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("A", "A"), (" b.", "B"), ("Tie", "tie"), ("**A**", "A"), ("The answer is B", "B"),
+    ("Verdict: tie", "tie"), ("I prefer A because it is shorter.", "A"), ("", None), ("A or B, hard to say", None),
+    ("Neither", None),
+])
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+def test_unparseable_replies_are_counted():
+    judge = CallableJudge("no_emojis", fn=lambda texts: ["hmm"] * len(texts))
+    outcomes = judge_both_orders(judge, ["p"] * 3, ["x"] * 3, ["y"] * 3)
+    assert outcomes == ["unparsed"] * 3 and judge.unparsed == 6
+    assert win_rate_summary(outcomes)["unparsed"] == 3
+
+
+def test_generations_are_cached(tmp_path, tiny):
+    model, tok = tiny
+    calls = []
+
+    def loader(name):
+        calls.append(name)
+        return model, tok
+
+    prompts = [PromptRecord([{"role": "user", "content": f"question {i}"}]) for i in range(3)]
+    cache = GenerationCache(tmp_path)
+    first = answers_for("m1", prompts, cache, max_new_tokens=4, max_prompt_tokens=64, loader=loader)
+    second = answers_for("m1", prompts, cache, max_new_tokens=4, max_prompt_tokens=64, loader=loader)
+    assert first == second and calls == ["m1"]  # the model was not loaded the second time
+    answers_for("m1", prompts + [PromptRecord([{"role": "user", "content": "new"}])], cache, max_new_tokens=4,
+                max_prompt_tokens=64, loader=loader)
+    assert calls == ["m1", "m1"]  # only a missing prompt triggers generation
+
+
+def test_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
+    prompts = write_prompts([PromptRecord([{"role": "user", "content": f"Say something about topic {i}."}])
+                             for i in range(6)], tmp_path / "p.jsonl")
+    run = tmp_path / "run"
+    assert main(["train-online", "--train_jsonl", str(prompts), "--model_name_or_path", "tiny-random",
+                 "--simulator", "rule", "--style", "no_emojis", "--max_steps", "2", "--save_steps", "1",
+                 "--per_device_train_batch_size", "2", "--max_new_tokens", "4", "--summary_prompts", "0",
+                 "--progress", "false", "--output_dir", str(run)]) == 0
+    capsys.readouterr()
+    args = ["eval", "checkpoints", "--run_dir", str(run), "--data_path", str(prompts), "--ckpts", "1 2",
+            "--baseline", "tiny-random", "--judge", "rule", "--style", "no_emojis", "--eval_n", "4",
+            "--max_new_tokens", "4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint-1" in out and "checkpoint-2" in out
+    for name in ("winrates.csv", "winrates.json", "winrates.png"):
+        assert (run / "eval" / name).is_file()
+    assert main(args[:-2] + ["--ckpts", "7"]) == 2
+    assert "no checkpoint for step(s) [7]" in capsys.readouterr().err
+
+
+def test_eval_scripts_dry_run():
+    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY",)}
+    env.update(SDPO_BIN=str(Path(sys.executable).parent / "sdpo"), RUN_DIR="runs/x", ANTHROPIC_API_KEY="sk-hidden")
+    done = subprocess.run(["bash", "scripts/eval_checkpoints.sh", "--dry-run"], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    assert done.returncode == 0 and "sk-hidden" not in done.stdout
+    for part in ("--judge claude", "claude-haiku-4-5-20251001", "--eval_n 256", "--baseline Qwen/Qwen3-8B"):
+        assert part in done.stdout
+    done = subprocess.run(["bash", "scripts/eval_checkpoints_tldr.sh", "--dry-run"], capture_output=True, text=True,
+                          cwd=ROOT, env={**env, "CKPTS": "3 6", "STYLE": "poetic"})
+    assert "--judge local" in done.stdout and "--style poetic" in done.stdout and "--ckpts 3\\ 6" in done.stdout
