@@ -115,3 +115,32 @@ def test_eval_scripts_dry_run():
     done = subprocess.run(["bash", "scripts/eval_checkpoints_tldr.sh", "--dry-run"], capture_output=True, text=True,
                           cwd=ROOT, env={**env, "CKPTS": "3 6", "STYLE": "poetic"})
     assert "--judge local" in done.stdout and "--style poetic" in done.stdout and "--ckpts 3\\ 6" in done.stdout
+
+
+def test_local_judge_runs_and_counts_unparsed(tiny):
+    from sdpo.judges.pairwise import LocalJudge
+
+    model, tok = tiny
+    judge = LocalJudge("no_emojis", model=model, tokenizer=tok, batch_size=2)
+    outcomes = judge_both_orders(judge, ["p1", "p2", "p3"], ["a", "b", "c"], ["x", "y", "z"])
+    assert len(outcomes) == 3 and set(outcomes) <= {"win", "loss", "tie", "unparsed"}
+    n_unparsed = sum(o == "unparsed" for o in outcomes)
+    # each unparsed outcome has one or two unparseable replies; parsed outcomes have none
+    assert n_unparsed <= judge.unparsed <= 2 * n_unparsed
+
+
+@pytest.mark.parametrize("api", ["claude", "openai"])
+def test_api_judges_through_a_fake_server(monkeypatch, api):
+    from sdpo.feedback.simulators import ClaudeStyleUserSimulator, OpenAICompatibleUserSimulator
+    from sdpo.judges.pairwise import APIJudge
+    from tests.test_simulators import FakeLLMServer
+
+    cls, env, suffix = ((ClaudeStyleUserSimulator, "ANTHROPIC_API_KEY", "") if api == "claude"
+                        else (OpenAICompatibleUserSimulator, "OPENAI_API_KEY", "/v1"))
+    monkeypatch.setenv(env, "sk-test")
+    with FakeLLMServer(failures=[429], reply="A") as server:
+        judge = APIJudge("no_emojis", client=cls("no_emojis", base_url=server.url + suffix, max_retries=3))
+        outcomes = judge_both_orders(judge, ["p"] * 4, ["x"] * 4, ["y"] * 4)
+    assert outcomes == ["tie"] * 4  # "A" in both orders: position bias cancels to ties
+    assert server.requests == 8 + 1
+    assert "Judge style only" in server.bodies[0]["messages"][0]["content"]

@@ -60,10 +60,11 @@ def test_local_simulator_batched_generation(tiny):
 class FakeLLMServer:
     """Speaks just enough of the Anthropic Messages and OpenAI chat-completions APIs."""
 
-    def __init__(self, failures=(), delay=0.05, empty_for=()):
+    def __init__(self, failures=(), delay=0.05, empty_for=(), reply="Too many emojis."):
         self.failures = list(failures)  # status codes to return first, in order
         self.delay = delay
         self.empty_for = set(empty_for)
+        self.reply = reply
         self.requests = 0
         self.active = 0
         self.max_active = 0
@@ -92,7 +93,7 @@ class FakeLLMServer:
                                    {"retry-after-ms": "10", "retry-after": "0"})
                         return
                     text = body["messages"][-1]["content"]
-                    reply = "" if any(marker in text for marker in server.empty_for) else "Too many emojis."
+                    reply = "" if any(marker in text for marker in server.empty_for) else server.reply
                     if self.path.endswith("/messages"):
                         payload = {"id": "m1", "type": "message", "role": "assistant", "model": body["model"],
                                    "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
