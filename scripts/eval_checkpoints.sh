@@ -3,7 +3,7 @@
 #   RUN_DIR (required)  DATA_PATH (default ./data/helpsteer2_prompts/validation.jsonl)
 #   CKPTS ("3 6 9 12 15", or "all")  BASELINE (Qwen/Qwen3-8B)  JUDGE_MODEL (claude-haiku-4-5-20251001)
 #   EVAL_N (256)  STYLE (no_emojis)  OUTPUT_DIR (<RUN_DIR>/eval)
-#   WORLD_SIZE: accepted for compatibility; generation runs in one process for now.
+#   WORLD_SIZE (4): processes sharing the generations (>1 launches accelerate; ACCELERATE_CONFIG as in training)
 # Extra arguments go to `sdpo eval checkpoints`; --dry-run prints the command (the key masked).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -13,7 +13,8 @@ if [[ "$DRY_RUN" == 0 && -z "${ANTHROPIC_API_KEY:-}" ]]; then
   echo "error: ANTHROPIC_API_KEY is not set (the Claude judge needs it)" >&2; exit 2
 fi
 OUT_ARGS=(); [[ -n "${OUTPUT_DIR:-}" ]] && OUT_ARGS=(--output_dir "$OUTPUT_DIR")
-run_or_print "$SDPO_BIN" eval checkpoints --run_dir "$RUN_DIR" \
+launch_cmd "${WORLD_SIZE:-4}"
+run_or_print "${LAUNCH[@]}" eval checkpoints --run_dir "$RUN_DIR" \
   --data_path "${DATA_PATH:-./data/helpsteer2_prompts/validation.jsonl}" --ckpts "${CKPTS:-3 6 9 12 15}" \
   --baseline "${BASELINE:-Qwen/Qwen3-8B}" --judge claude --judge_model "${JUDGE_MODEL:-claude-haiku-4-5-20251001}" \
   --eval_n "${EVAL_N:-256}" --style "${STYLE:-no_emojis}" \

@@ -3,13 +3,14 @@
 #   RUN_DIR (required)  DATA_PATH (default ./data/tldr_prompts_unique/validation.jsonl)
 #   CKPTS ("3 6 9 12 15", or "all")  BASELINE (Qwen/Qwen3-8B)  JUDGE_MODEL (Qwen/Qwen3-8B)
 #   EVAL_N (256)  STYLE (concise_casual_beginner)  JUDGE (local; or rule)  OUTPUT_DIR (<RUN_DIR>/eval)
-#   WORLD_SIZE: accepted for compatibility; generation runs in one process for now.
+#   WORLD_SIZE (4): processes sharing the generations (>1 launches accelerate; ACCELERATE_CONFIG as in training)
 # Extra arguments go to `sdpo eval checkpoints`; --dry-run prints the command.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 if [[ -z "${RUN_DIR:-}" ]]; then echo "error: set RUN_DIR (a training run directory)" >&2; exit 2; fi
 OUT_ARGS=(); [[ -n "${OUTPUT_DIR:-}" ]] && OUT_ARGS=(--output_dir "$OUTPUT_DIR")
-run_or_print "$SDPO_BIN" eval checkpoints --run_dir "$RUN_DIR" \
+launch_cmd "${WORLD_SIZE:-4}"
+run_or_print "${LAUNCH[@]}" eval checkpoints --run_dir "$RUN_DIR" \
   --data_path "${DATA_PATH:-./data/tldr_prompts_unique/validation.jsonl}" --ckpts "${CKPTS:-3 6 9 12 15}" \
   --baseline "${BASELINE:-Qwen/Qwen3-8B}" --judge "${JUDGE:-local}" --judge_model "${JUDGE_MODEL:-Qwen/Qwen3-8B}" \
   --eval_n "${EVAL_N:-256}" --style "${STYLE:-concise_casual_beginner}" \

@@ -103,6 +103,21 @@ def test_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
     assert main(args[:-2] + ["--ckpts", "7"]) == 2
     assert "no checkpoint for step(s) [7]" in capsys.readouterr().err
 
+    # the same evaluation with the generations shared by 2 processes (accelerate, gloo)
+    import json
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547",
+           "-m", "sdpo.cli", *args, "--output_dir", str(tmp_path / "eval2")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("win rate vs tiny-random") == 1  # one report, from the main process
+    one = json.loads((run / "eval" / "winrates.json").read_text())["results"]
+    two = json.loads((tmp_path / "eval2" / "winrates.json").read_text())["results"]
+    assert one == two
+    cached = list((tmp_path / "eval2" / "generations").glob("*.jsonl"))
+    assert len(cached) == 3 and all(len(p.read_text().splitlines()) == 4 for p in cached)
+
 
 def test_eval_scripts_dry_run():
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY",)}

@@ -66,11 +66,17 @@ def run(args: EvalArguments) -> int:
     steps = None if args.ckpts.strip() == "all" else [int(s) for s in args.ckpts.replace(",", " ").split()]
     checkpoints = find_checkpoints(args.run_dir, steps)  # all input checked before any model loads
     prompts = select_prompts(args.data_path, args.eval_n, args.seed)
-    judge = _judge(args)
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    judge = _judge(args) if state.is_main_process else None  # API keys are checked here, before generation
     out = Path(args.output_dir or Path(args.run_dir) / "eval")
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                    oracle_style=args.style if args.oracle else None)
+                    oracle_style=args.style if args.oracle else None, state=state)
+    if rows is None:  # a helper process: its share of the generations is done
+        return 0
     meta = {"baseline": args.baseline, "judge": args.judge, "judge_model": args.judge_model, "style": args.style,
             "eval_n": len(prompts), "seed": args.seed}
     write_results(rows, out, meta)

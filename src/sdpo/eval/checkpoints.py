@@ -44,12 +44,19 @@ class GenerationCache:
 
 
 def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_tokens: int, max_prompt_tokens: int,
-                system_prompt: str | None = None, loader=None) -> list[str]:
-    """Greedy answers, from the cache where present; the model is loaded only if something is missing."""
+                system_prompt: str | None = None, loader=None, state=None) -> list[str]:
+    """Greedy answers, from the cache where present; the model is loaded only if something is missing.
+
+    With an accelerate ``state`` of several processes, each process generates its share
+    of the missing answers; all shares are gathered and the main process writes the cache.
+    """
     cached = cache.load(model_id)
     keys = [_key(model_id + (system_prompt or ""), p.text, max_new_tokens) for p in prompts]
     missing = [i for i, k in enumerate(keys) if k not in cached]
-    if missing:
+    world = state.num_processes if state is not None else 1
+    mine = missing[state.process_index :: world] if world > 1 else missing
+    produced: dict[str, str] = {}
+    if mine:
         import torch
 
         from sdpo.models import load_model
@@ -57,19 +64,33 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
         from sdpo.templates import get_template, render_context
         from sdpo.trainers.online import generate
 
-        model, tok = (loader or load_model)(model_id)
+        if loader is None:
+            device = str(state.device) if state is not None else "auto"
+            model, tok = load_model(model_id, device=device)
+        else:
+            model, tok = loader(model_id)
         model.eval()
         template = get_template(system_prompt=system_prompt)
         device = next(model.parameters()).device
-        for start in range(0, len(missing), 8):
-            chunk = missing[start : start + 8]
+        for start in range(0, len(mine), 8):
+            chunk = mine[start : start + 8]
             ctx = [truncate_left(render_context(tok, template.student_messages(prompts[i].messages)),
                                  max_prompt_tokens)[0] for i in chunk]
             _, texts = generate(model, tok, ctx, max_new_tokens=max_new_tokens, temperature=0.0,
                                 device=device if isinstance(device, torch.device) else torch.device(device))
             for i, text in zip(chunk, texts):
-                cached[keys[i]] = text
+                produced[keys[i]] = text
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        for part in gather_object([produced]):
+            cached.update(part)
+    else:
+        cached.update(produced)
+    if missing and (state is None or state.is_main_process):
         cache.save(model_id, cached)
+    if state is not None:
+        state.wait_for_everyone()
     return [cached[k] for k in keys]
 
 
@@ -96,10 +117,12 @@ def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, P
 
 
 def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache, *, max_new_tokens=256,
-             max_prompt_tokens=1024, oracle_style: str | None = None, loader=None) -> list[dict]:
+             max_prompt_tokens=1024, oracle_style: str | None = None, loader=None, state=None) -> list[dict] | None:
+    """Win-rate rows (on the main process; other processes only help generate and get None)."""
     texts = [p.text for p in prompts]
     base = answers_for(baseline, prompts, cache, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-                       loader=loader)
+                       loader=loader, state=state)
+    main = state is None or state.is_main_process
     rows = []
     entries = [(name, str(path), None) for name, path in checkpoints]
     if oracle_style:
@@ -108,11 +131,14 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
         entries.append(("oracle (persona in system prompt)", baseline, persona_description(oracle_style)))
     for name, model_id, system_prompt in entries:
         answers = answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
-                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, loader=loader)
+                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, loader=loader,
+                              state=state)
+        if not main:
+            continue
         outcomes = judge_both_orders(judge, texts, answers, base)
         step = int(name.split("-")[1]) if name.startswith("checkpoint-") else None
         rows.append({"name": name, "step": step, "model": model_id, **win_rate_summary(outcomes)})
-    return rows
+    return rows if main else None
 
 
 def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
