@@ -9,6 +9,8 @@ os.environ.setdefault("SDPO_CACHE", str(ROOT / ".sdpo-cache"))
 # Tests never reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# trackio (the default tracker) logs into this folder during tests, not the user's cache.
+os.environ.setdefault("TRACKIO_DIR", str(ROOT / ".sdpo-cache" / "trackio"))
 
 import torch  # noqa: E402
 

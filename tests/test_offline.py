@@ -65,7 +65,9 @@ def test_training_loss_gradient_matches_float64_reference(tokenizer):
 
 
 def test_two_step_run_writes_checkpoints_and_metrics(records_file, tmp_path, capsys):
-    out = tmp_path / "run"
+    import uuid
+
+    out = tmp_path / f"offline-{uuid.uuid4().hex[:8]}"
     assert main(_args(records_file, out, "--max_steps", "2", "--save_steps", "1")) == 0
     for name in ("checkpoint-1", "checkpoint-2", "model.safetensors", "sdpo_config.json", "tokenizer.json"):
         assert (out / name).exists(), name
@@ -73,6 +75,11 @@ def test_two_step_run_writes_checkpoints_and_metrics(records_file, tmp_path, cap
     steps = [entry for entry in logs if "loss" in entry]
     assert [entry["step"] for entry in steps] == [1, 2]
     assert all(entry["signal_abs_mean"] > 0 and entry["response_tokens"] > 0 for entry in steps)
+    import sqlite3
+
+    db = Path(os.environ["TRACKIO_DIR"]) / "sdpo.db"  # trackio is the default tracker
+    tracked = sqlite3.connect(db).execute("select count(*) from metrics where run_name = ?", (out.name,)).fetchone()
+    assert tracked[0] >= 2
     config = json.loads((out / "sdpo_config.json").read_text())
     assert config["ignore_first_tokens"] == 2 and config["template"] == "hindsight-system"
 

@@ -169,3 +169,18 @@ def test_prepare_prompt_errors_are_clean(tmp_path, capsys):
     other.write_text("x")
     assert main(["prepare", "helpsteer2", "--input_file", str(other)]) == 2
     assert "unsupported format '.txt'" in capsys.readouterr().err
+
+
+def test_metrics_go_to_trackio_by_default(prompts_file, tmp_path):
+    import sqlite3
+    import uuid
+
+    run_name = f"trackio-test-{uuid.uuid4().hex[:8]}"  # the run is named after its output folder
+    assert main(_args(prompts_file, tmp_path / run_name, "--max_steps", "2", "--save_steps", "2")) == 0
+    db = Path(os.environ["TRACKIO_DIR"]) / "sdpo.db"  # set by conftest before trackio was imported
+    rows = sqlite3.connect(db).execute(
+        "select step, metrics from metrics where run_name = ? order by step", (run_name,)).fetchall()
+    logged = {step: json.loads(blob) for step, blob in rows}
+    assert sorted(logged) == [1, 2]
+    saved = [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").read_text().splitlines()]
+    assert logged[2]["signal_abs_mean"] == pytest.approx(saved[1]["signal_abs_mean"])

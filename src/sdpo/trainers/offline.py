@@ -64,6 +64,8 @@ class OfflineSDPOConfig(TrainingArguments):
     save_steps: float = field(default=100, metadata={"help": "checkpoint every N steps"})
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random or group_by_length"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay false"})
+    project: str = field(default="sdpo", metadata={"help": "tracker project name"})
+    report_to: None | str | list[str] = field(default="trackio", metadata={"help": "trackio (local, default), wandb, none"})
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -74,6 +76,8 @@ class OfflineSDPOConfig(TrainingArguments):
             # Launched as several processes on a machine without CUDA: without use_cpu the
             # Trainer would run each process on its own instead of as one gloo DDP job.
             self.use_cpu = True
+        if self.run_name is None:
+            self.run_name = Path(self.output_dir).name  # the tracker's run is named after the output folder
         super().__post_init__()
         if self.template not in TEMPLATE_NAMES:
             raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")

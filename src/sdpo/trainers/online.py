@@ -83,6 +83,8 @@ class OnlineSDPOConfig:
     summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
     summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    report_to: str = field(default="trackio", metadata={"help": "trackio (local, default), wandb, or none"})
+    project: str = field(default="sdpo", metadata={"help": "tracker project name"})
 
     def __post_init__(self):
         from sdpo.feedback.personas import persona_description
@@ -94,6 +96,8 @@ class OnlineSDPOConfig:
             raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
         if self.advantage_centering not in CENTERING:
             raise ValueError(f"advantage_centering must be one of {CENTERING}")
+        if self.report_to not in ("trackio", "wandb", "none"):
+            raise ValueError(f"report_to must be trackio, wandb or none, got {self.report_to!r}")
         if self.save_steps < 1:
             raise ValueError("save_steps must be >= 1")
         if self.output_dir is None:
@@ -338,6 +342,7 @@ class OnlineSDPOTrainer:
         if cfg.resume_from_checkpoint:
             resumed = self.load_checkpoint(cfg.resume_from_checkpoint)
             acc.print(f"resumed from {resumed} at step {self.step}")
+        tracker = self._start_tracker() if acc.is_main_process else None
         before = self._summary_generations() if self.step == 0 else None
         bar = None
         if cfg.progress and acc.is_main_process:
@@ -361,6 +366,8 @@ class OnlineSDPOTrainer:
             if acc.is_main_process:
                 with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+                if tracker is not None:
+                    tracker.log(metrics, step=self.step)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
@@ -371,7 +378,28 @@ class OnlineSDPOTrainer:
             bar.close()
         after = self._summary_generations() if before is not None else None
         self.summary = self._write_summary(before, after, history)
+        if tracker is not None:
+            tracker.finish()
         return self.summary
+
+    def _start_tracker(self):
+        """trackio (local files, no account) or W&B; the module itself serves as the logger."""
+        cfg = self.cfg
+        if cfg.report_to == "none":
+            return None
+        config = {k: v for k, v in asdict(cfg).items() if "key" not in k.lower()}
+        name = Path(cfg.output_dir).name
+        if cfg.report_to == "trackio":
+            import trackio
+
+            trackio.init(project=cfg.project, name=name, config=config, resume="allow")
+            return trackio
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError("report_to=wandb needs `pip install wandb`") from None
+        wandb.init(project=cfg.project, name=name, config=config, resume="allow")
+        return wandb
 
     def _mean_over_ranks(self, metrics: dict) -> dict:
         acc = self.accelerator
