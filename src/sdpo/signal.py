@@ -450,10 +450,24 @@ class SignalScorer:
         )
 
     def score(self, examples: Sequence, *, batch_size: int = 16, progress: bool = False) -> list[TokenSignal]:
-        encoded = self.encode(examples)  # validates every example before any forward pass
+        """One :class:`TokenSignal` per ``(x, y, o)`` example."""
+        items = [(x, y, [o]) for x, y, o in (_unpack(ex, i) for i, ex in enumerate(examples))]
+        return [signals[0] for signals in self.score_followups(items, batch_size=batch_size, progress=progress)]
+
+    def score_followups(
+        self, items: Sequence[tuple], *, batch_size: int = 16, progress: bool = False
+    ) -> list[list[TokenSignal]]:
+        """Signals of each response ``y`` under several follow-ups: items are ``(x, y, [o1, o2, ...])``.
+
+        The student pass (``log p(y | x)``) runs once per response, whatever the number of
+        follow-ups; each follow-up adds one teacher pass.
+        """
+        flat = [(x, y, o) for x, y, followups in items for o in followups]
+        encoded = self.encode(flat)  # validates every example before any forward pass
+        owner = [k for k, (_, _, followups) in enumerate(items) for _ in followups]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        results: list[TokenSignal] = []
-        batches: Iterable[int] = range(0, len(encoded), batch_size)
+        results: list[list[TokenSignal]] = [[] for _ in items]
+        batches: Iterable[int] = range(0, len(items), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
@@ -462,16 +476,39 @@ class SignalScorer:
         self.model.eval()
         try:
             for start in batches:
-                chunk = encoded[start : start + batch_size]
-                student, teacher = hindsight_logprobs(
-                    self.model, chunk, pad_token_id=pad, fuse=self.fuse, **self.batch_kwargs
-                )
-                for enc, s, t in zip(chunk, student, teacher):
-                    results.append(
+                members = [j for j, k in enumerate(owner) if start <= k < start + batch_size]
+                first = {}  # item -> its first encoded example, which carries the student context
+                for j in members:
+                    first.setdefault(owner[j], encoded[j])
+                students = list(first.values())
+                with torch.no_grad():
+                    if self.fuse:
+                        both = completion_logprobs(
+                            self.model,
+                            [e.student_context for e in students] + [encoded[j].teacher_context for j in members],
+                            [e.response for e in students] + [encoded[j].response for j in members],
+                            pad_token_id=pad,
+                            **self.batch_kwargs,
+                        )
+                        student_lp, teacher_lp = both[: len(students)], both[len(students) :]
+                    else:
+                        student_lp = completion_logprobs(
+                            self.model, [e.student_context for e in students], [e.response for e in students],
+                            pad_token_id=pad, **self.batch_kwargs,
+                        )
+                        teacher_lp = completion_logprobs(
+                            self.model, [encoded[j].teacher_context for j in members],
+                            [encoded[j].response for j in members], pad_token_id=pad, **self.batch_kwargs,
+                        )
+                student_of = {k: lp.tolist() for k, lp in zip(first, student_lp)}
+                tokens_of = {k: token_strings(self.tokenizer, e.response) for k, e in first.items()}
+                for j, t in zip(members, teacher_lp):
+                    enc, k = encoded[j], owner[j]
+                    results[k].append(
                         TokenSignal(
                             token_ids=list(enc.response),
-                            tokens=token_strings(self.tokenizer, enc.response),
-                            student_logprobs=s.tolist(),
+                            tokens=tokens_of[k],
+                            student_logprobs=student_of[k],
                             teacher_logprobs=t.tolist(),
                             truncated_context_tokens=max(enc.student_truncated, enc.teacher_truncated),
                         )

@@ -36,12 +36,13 @@ def selectivity(relevant: Sequence[float], unrelated: Sequence[float]) -> float:
 
 def analyze(scorer, cases: Sequence[SignalCase], *, batch_size: int = 16, progress: bool = False) -> dict:
     """Score every case under both follow-ups; returns the JSON-ready result."""
-    relevant = scorer.score(
-        [(c.messages, c.response, c.followup) for c in cases], batch_size=batch_size, progress=progress
+    scored = scorer.score_followups(
+        [(c.messages, c.response, [c.followup, c.unrelated_followup]) for c in cases],
+        batch_size=batch_size,
+        progress=progress,
     )
-    unrelated = scorer.score(
-        [(c.messages, c.response, c.unrelated_followup) for c in cases], batch_size=batch_size, progress=progress
-    )
+    relevant = [pair[0] for pair in scored]
+    unrelated = [pair[1] for pair in scored]
     rows = []
     for case, rel, unr in zip(cases, relevant, unrelated):
         rows.append(

@@ -89,14 +89,15 @@ def run(args: SignalArguments) -> int:
         append_eos=args.append_eos,
     )
     progress = len(cases) > args.batch_size
-    relevant = scorer.score([(c.messages, c.response, c.followup) for c in cases], batch_size=args.batch_size, progress=progress)
-    with_control = [i for i, c in enumerate(cases) if c.unrelated_followup]
-    control = scorer.score(
-        [(cases[i].messages, cases[i].response, cases[i].unrelated_followup) for i in with_control],
+    # a case's unrelated follow-up (if any) is scored beside the relevant one: one student pass each
+    scored = scorer.score_followups(
+        [(c.messages, c.response, [c.followup] + ([c.unrelated_followup] if c.unrelated_followup else []))
+         for c in cases],
         batch_size=args.batch_size,
         progress=progress,
     )
-    unrelated = dict(zip(with_control, control))
+    relevant = [signals[0] for signals in scored]
+    unrelated = {i: signals[1] for i, signals in enumerate(scored) if len(signals) > 1}
 
     result = {
         "model": args.model,
