@@ -224,17 +224,22 @@ class OnlineSDPOTrainer:
         """This rank's prompts for a micro-step: a seeded permutation per pass, sliced by rank."""
         n = len(self.prompts)
         start = micro_step * self.global_batch
-        perm_cache = {}
         out = []
         for k in range(start, start + self.global_batch):
             epoch, pos = divmod(k, n)
-            if epoch not in perm_cache:
-                order = list(range(n))
-                random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
-                perm_cache[epoch] = order
-            out.append(self.prompts[perm_cache[epoch][pos]])
+            out.append(self.prompts[self._permutation(epoch)[pos]])
         rank, per = self.accelerator.process_index, self.cfg.per_device_train_batch_size
         return out[rank * per : (rank + 1) * per]
+
+    def _permutation(self, epoch: int) -> list[int]:
+        """The seeded prompt order of one pass, built once per pass (a pure function of seed and epoch)."""
+        cache = self.__dict__.setdefault("_perms", {})
+        if epoch not in cache:
+            order = list(range(len(self.prompts)))
+            random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+            cache.clear()  # only the current pass (and the next, at a boundary) is ever needed
+            cache[epoch] = order
+        return cache[epoch]
 
     # ------------------------------------------------------------------ one step
     def _micro_step(self) -> dict:
