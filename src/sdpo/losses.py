@@ -16,6 +16,7 @@ mean over sequences that have at least one valid position.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -97,3 +98,107 @@ def advantage_pg_loss(
     if kls:
         stats["kl"] = torch.stack(kls).mean().item()
     return torch.stack(losses).mean(), stats
+
+
+# ---------------------------------------------------------------------------
+# Rich-feedback self-distillation (student -> teacher shown a peer demo / feedback)
+#
+# Per completion position the student distribution S and the teacher distribution T
+# (same model, teacher context) are compared with the generalized Jensen-Shannon
+# divergence of weight ``alpha`` (GKD's convention):
+#
+#     M = (1 - alpha) S + alpha T
+#     JSD_alpha = (1 - alpha) KL(S || M) + alpha KL(T || M)
+#
+# JSD_alpha / alpha -> KL(T || S) as alpha -> 0 and JSD_alpha / (1 - alpha) -> KL(S || T)
+# as alpha -> 1, so alpha = 0 is defined as the forward KL(T || S) and alpha = 1 as the
+# reverse KL(S || T). The top-k variant restricts both distributions to the student's
+# top-k tokens, adding one "tail" category for the remaining mass (or renormalising
+# without it). The sampled-token variant only looks at the generated token y_t:
+# its value is stopgrad(log S(y_t) - log T(y_t)) * log S(y_t), whose gradient is the
+# one-sample estimate of the reverse-KL gradient.
+# ---------------------------------------------------------------------------
+
+DISTILLATION_MODES = ("full", "topk", "sampled_token")
+
+
+def add_tail_bucket(logp: torch.Tensor) -> torch.Tensor:
+    """Append ``log(1 - sum(exp(logp)))`` as one more category (last dim)."""
+    captured = torch.logsumexp(logp, dim=-1, keepdim=True).clamp(max=-1e-7)
+    return torch.cat([logp, torch.log(-torch.expm1(captured))], dim=-1)
+
+
+def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Generalized JSD between two log-distributions over the last dim (summed over it)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    s, t = student_logp, teacher_logp
+    if alpha == 0.0:
+        return (t.exp() * (t - s)).sum(-1)
+    if alpha == 1.0:
+        return (s.exp() * (s - t)).sum(-1)
+    log_m = torch.logsumexp(torch.stack([s + math.log(1 - alpha), t + math.log(alpha)]), dim=0)
+    kl_s = (s.exp() * (s - log_m)).sum(-1)
+    kl_t = (t.exp() * (t - log_m)).sum(-1)
+    return (1 - alpha) * kl_s + alpha * kl_t
+
+
+def full_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-position generalized JSD over the full vocabulary."""
+    return generalized_jsd(
+        torch.log_softmax(student_logits.float(), -1), torch.log_softmax(teacher_logits.float(), -1), alpha
+    )
+
+
+def topk_distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, k: int, alpha: float, add_tail: bool = True
+) -> torch.Tensor:
+    """Per-position generalized JSD on the student's top-k tokens (+ a tail bucket)."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    k = min(k, student_logits.shape[-1])
+    top_s, idx = torch.topk(student_logits, k, dim=-1)
+    s = top_s - torch.logsumexp(student_logits, -1, keepdim=True)
+    t = torch.gather(teacher_logits, -1, idx) - torch.logsumexp(teacher_logits, -1, keepdim=True)
+    if add_tail:
+        s, t = add_tail_bucket(s), add_tail_bucket(t)
+    else:
+        s = s - torch.logsumexp(s, -1, keepdim=True)
+        t = t - torch.logsumexp(t, -1, keepdim=True)
+    return generalized_jsd(s, t, alpha)
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] (float32), without materialising the full log-softmax twice."""
+    logits = logits.float()
+    return torch.gather(logits, -1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def sampled_token_distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """Per-position reverse-KL surrogate on the generated tokens."""
+    s = token_logprobs(student_logits, ids)
+    t = token_logprobs(teacher_logits, ids).detach()
+    return (s - t).detach() * s
+
+
+def importance_weights(
+    student_logp: torch.Tensor, old_logp: torch.Tensor, *, clip: float | None, coef: float = 1.0
+) -> torch.Tensor:
+    """``min(pi/pi_old, clip) ** coef`` per token, without gradient (coef 0 = no correction)."""
+    log_ratio = (student_logp.detach() - old_logp.detach()).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    if clip is not None:
+        ratio = ratio.clamp(max=clip)
+    return ratio**coef
+
+
+def masked_sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of each sequence's mean over its masked positions.
+
+    Sequences with an empty mask contribute zero (and still count in the mean), matching
+    how a masked-out sample simply gives no signal.
+    """
+    mask = mask.to(per_token.dtype)
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_seq.mean()

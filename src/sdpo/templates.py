@@ -151,3 +151,69 @@ def render_context(tokenizer, messages: Messages) -> list[int]:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
     # The chat template already wrote BOS and role markers.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# ---------------------------------------------------------------------------
+# Reprompt teacher contexts (rich feedback): the original request, a successful
+# peer attempt and/or the environment's feedback, then the same response is scored.
+# ---------------------------------------------------------------------------
+
+DEFAULT_REPROMPT_TEMPLATE = "{prompt}{demonstration}{feedback}\n\nWith this in mind, answer the original request correctly.\n"
+DEFAULT_DEMONSTRATION_TEMPLATE = "\n\nHere is an attempt at this request that was judged correct:\n\n{demonstration}\n"
+DEFAULT_FEEDBACK_TEMPLATE = "\n\nAn earlier attempt received this feedback:\n\n{feedback}\n"
+REPROMPT_FIELDS = {"prompt", "demonstration", "feedback"}
+
+
+def template_fields(template: str, *, name: str) -> set[str]:
+    """Placeholders of a ``str.format`` template; a malformed template raises TemplateError."""
+    import string
+
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise TemplateError(f"{name} is not a valid format string ({exc}); write literal braces as {{{{ and }}}}") from exc
+
+
+def check_reprompt_templates(teacher: str, demonstration: str, feedback: str) -> None:
+    """Fail early, naming the template, when a placeholder is missing or unknown."""
+    fields = template_fields(teacher, name="teacher_prompt_template")
+    if "prompt" not in fields:
+        raise TemplateError("teacher_prompt_template must contain {prompt} (the original request)")
+    unknown = fields - REPROMPT_FIELDS
+    if unknown:
+        raise TemplateError(
+            f"teacher_prompt_template has unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(REPROMPT_FIELDS)}"
+        )
+    for name, text, needed in (("demonstration_template", demonstration, "demonstration"),
+                               ("feedback_template", feedback, "feedback")):
+        got = template_fields(text, name=name)
+        if got != {needed}:
+            raise TemplateError(f"{name} must contain exactly the placeholder {{{needed}}}, found {sorted(got)}")
+
+
+def strip_thinking(text: str, tag: str | None = "<think>") -> str:
+    """Remove ``<think>...</think>`` blocks (for ``tag='<think>'``); an unclosed block runs to the end."""
+    if not tag:
+        return text.strip()
+    import re
+
+    close = "</" + tag[1:]
+    text = re.sub(re.escape(tag) + r".*?" + re.escape(close), "", text, flags=re.DOTALL)
+    if tag in text:
+        text = text[: text.index(tag)]
+    return text.replace(close, "").strip()
+
+
+def render_reprompt(
+    prompt: str,
+    *,
+    demonstration: str | None,
+    feedback: str | None,
+    teacher_template: str = DEFAULT_REPROMPT_TEMPLATE,
+    demonstration_template: str = DEFAULT_DEMONSTRATION_TEMPLATE,
+    feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE,
+) -> str:
+    """The teacher's version of the last user message."""
+    demo = demonstration_template.format(demonstration=demonstration) if demonstration is not None else ""
+    fb = feedback_template.format(feedback=feedback) if feedback is not None else ""
+    return teacher_template.format(prompt=prompt, demonstration=demo, feedback=fb)

@@ -1,0 +1,489 @@
+"""SDPO from rich feedback: ``SDPOTrainer`` / ``SDPOConfig``.
+
+Several rollouts per prompt are scored by reward functions that may also explain
+what went wrong (``{"score": float, "feedback": str}``). Each rollout's teacher is
+the same model shown the request plus a successful *peer* from its group (never
+the rollout itself) and/or the feedback; the student is distilled toward it on the
+rollout's own tokens.
+
+Why this shape: TRL (pinned, 1.16) ships the machinery in
+``trl.experimental.sdpo.SDPOTrainer``: grouped generation (transformers or vLLM),
+EMA/live/base teachers (also as a LoRA adapter, and under DeepSpeed/FSDP), the
+GRPO policy loss, logging. What it lacks is feedback that depends on the generated
+rollout (its feedback column is static per dataset row). We subclass it and change
+three things:
+
+1. reward functions may return ``{"score", "feedback"}`` dicts; the feedback of
+   every rollout is kept and used when the teacher context is built;
+2. teacher selection and the reprompt text are ours (:func:`choose_teachers`,
+   :func:`sdpo.templates.render_reprompt`): a pure, tested function with the rules
+   below, and a configurable thinking tag;
+3. the distillation loss uses :mod:`sdpo.losses` (checked against float64
+   references), with the importance weight ``min(ratio, is_clip) ** is_coef``.
+
+The user-facing API follows the seed: ``SDPOTrainer(model=..., args=GRPOConfig(...),
+sdpo_config=SDPOConfig(...), processing_class=tok, reward_funcs=[fn],
+train_dataset=ds)``. ``args`` may also be TRL's own experimental ``SDPOConfig``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .. import losses
+from ..templates import (
+    DEFAULT_DEMONSTRATION_TEMPLATE,
+    DEFAULT_FEEDBACK_TEMPLATE,
+    DEFAULT_REPROMPT_TEMPLATE,
+    check_reprompt_templates,
+    render_reprompt,
+    strip_thinking,
+)
+
+logger = logging.getLogger(__name__)
+
+TEACHER_MODES = {"ema": "ema", "live": "live", "frozen": "base"}
+
+
+class SDPOConfigError(ValueError):
+    """An invalid SDPOConfig (raised at construction, saying why)."""
+
+
+@dataclass
+class SDPOConfig:
+    """Self-distillation options (the generation/optimisation ones live in ``GRPOConfig``)."""
+
+    enabled: bool = True
+    """Train purely on self-distillation. False: plain GRPO on the rewards (the baseline)."""
+    alpha: float = 0.5
+    """Generalized JSD weight: 0 = forward KL(teacher||student), 1 = reverse KL(student||teacher)."""
+    distillation_topk: int | None = 100
+    """Compare distributions on the student's top-k tokens. None (with full_logit_distillation False)
+    selects sampled-token distillation (reverse KL on the generated tokens; needs alpha = 1)."""
+    distillation_add_tail: bool = True
+    """With top-k: one extra category for the remaining probability mass (else renormalise the top-k)."""
+    full_logit_distillation: bool = False
+    """Compare full-vocabulary distributions (overrides distillation_topk)."""
+    teacher_mode: str = "ema"
+    """ema: exponential moving average of the student; live: the current student; frozen: the initial model."""
+    ema_tau: float = 0.05
+    """EMA rate: teacher <- (1 - tau) teacher + tau student."""
+    ema_update_every: int = 1
+    """Optimizer steps between EMA updates."""
+    is_coef: float = 1.0
+    """Exponent of the clipped importance weight for off-policy steps (0 disables the correction)."""
+    is_clip: float | None = 2.0
+    """Upper clip of the importance ratio pi/pi_old (None: no clip)."""
+    reprompt_teacher: bool = True
+    """Show the teacher a successful peer rollout from the same group."""
+    success_reward_threshold: float = 1.0
+    """A rollout with total reward >= this is a successful demonstration."""
+    dont_reprompt_on_self_success: bool = True
+    """A rollout is never its own demonstration (kept for configs written for the reference code;
+    False is refused)."""
+    include_environment_feedback: bool = True
+    """Put the reward function's feedback text in the teacher context."""
+    environment_feedback_only_without_solution: bool = True
+    """Use the feedback only for rollouts that have no successful peer."""
+    thinking_tag: str | None = "<think>"
+    """Strip <tag>...</tag> blocks from demonstrations (None keeps them)."""
+    teacher_prompt_template: str = DEFAULT_REPROMPT_TEMPLATE
+    """The teacher's user message, with {prompt}, {demonstration} and {feedback}."""
+    demonstration_template: str = DEFAULT_DEMONSTRATION_TEMPLATE
+    """How a demonstration is inserted ({demonstration}); empty when there is none."""
+    feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE
+    """How feedback is inserted ({feedback}); empty when it is not used."""
+    max_teacher_prompt_length: int = 10240
+    """Teacher prompts are truncated from the left to this many tokens."""
+
+    def __post_init__(self):
+        def bad(message):
+            raise SDPOConfigError(f"SDPOConfig: {message}")
+
+        if not 0.0 <= self.alpha <= 1.0:
+            bad(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.teacher_mode not in TEACHER_MODES:
+            bad(f"teacher_mode must be one of {sorted(TEACHER_MODES)}, got {self.teacher_mode!r}")
+        if not 0.0 < self.ema_tau <= 1.0:
+            bad(f"ema_tau must be in (0, 1], got {self.ema_tau}")
+        if self.ema_update_every < 1:
+            bad(f"ema_update_every must be >= 1, got {self.ema_update_every}")
+        if self.distillation_topk is not None and self.distillation_topk < 1:
+            bad(f"distillation_topk must be >= 1 or None, got {self.distillation_topk}")
+        if self.mode == "sampled_token" and self.alpha != 1.0:
+            bad(
+                "sampled-token distillation (distillation_topk=None, full_logit_distillation=False) only "
+                f"estimates the reverse KL, so it needs alpha=1.0 (got {self.alpha}); set distillation_topk "
+                "or full_logit_distillation for other alphas"
+            )
+        if self.is_clip is not None and self.is_clip <= 0:
+            bad(f"is_clip must be > 0 or None, got {self.is_clip}")
+        if self.is_coef < 0:
+            bad(f"is_coef must be >= 0, got {self.is_coef}")
+        if not self.dont_reprompt_on_self_success:
+            bad(
+                "dont_reprompt_on_self_success=False would let a rollout be its own demonstration; the teacher "
+                "would then see the very answer it scores and the target degenerates to copying"
+            )
+        if self.enabled and not self.reprompt_teacher and not self.include_environment_feedback:
+            bad(
+                "with reprompt_teacher=False and include_environment_feedback=False the teacher never sees "
+                "anything the student does not, so there is nothing to distil"
+            )
+        if self.thinking_tag is not None and not re.fullmatch(r"<[A-Za-z_][\w:-]*>", self.thinking_tag):
+            bad(f"thinking_tag must look like '<think>', got {self.thinking_tag!r}")
+        if self.max_teacher_prompt_length < 1:
+            bad("max_teacher_prompt_length must be >= 1")
+        try:
+            check_reprompt_templates(self.teacher_prompt_template, self.demonstration_template, self.feedback_template)
+        except ValueError as exc:
+            bad(str(exc))
+
+    @property
+    def mode(self) -> str:
+        if self.full_logit_distillation:
+            return "full"
+        if self.distillation_topk is not None:
+            return "topk"
+        return "sampled_token"
+
+    def per_token_loss(self, student_logits, teacher_logits, completion_ids) -> torch.Tensor:
+        if self.mode == "full":
+            return losses.full_distillation(student_logits, teacher_logits, self.alpha)
+        if self.mode == "topk":
+            return losses.topk_distillation(
+                student_logits, teacher_logits, k=self.distillation_topk, alpha=self.alpha,
+                add_tail=self.distillation_add_tail,
+            )
+        return losses.sampled_token_distillation(student_logits, teacher_logits, completion_ids)
+
+
+# ---------------------------------------------------------------------------
+# Teacher selection (pure)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherChoice:
+    demonstration: int | None
+    """Index (in the gathered batch) of the peer whose completion is shown, if any."""
+    use_feedback: bool
+
+    @property
+    def active(self) -> bool:
+        return self.demonstration is not None or self.use_feedback
+
+
+def _has_text(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def choose_teachers(
+    rewards: Sequence[float], feedbacks: Sequence[str | None], num_generations: int, config: SDPOConfig
+) -> list[TeacherChoice]:
+    """Per rollout: which successful peer (never itself) and whether its feedback goes in.
+
+    Rollouts are grouped by prompt in consecutive blocks of ``num_generations``. The
+    demonstration is the group's highest-reward successful peer (first on ties). A
+    rollout with neither a demonstration nor feedback is inactive (masked out).
+    """
+    n = len(rewards)
+    if n % num_generations:
+        raise ValueError(f"{n} rollouts do not split into groups of {num_generations}")
+    if len(feedbacks) != n:
+        raise ValueError(f"{len(feedbacks)} feedback entries for {n} rollouts")
+    ok = [not math.isnan(float(r)) and float(r) >= config.success_reward_threshold for r in rewards]
+    choices = []
+    for i in range(n):
+        start = (i // num_generations) * num_generations
+        demo = None
+        if config.reprompt_teacher:
+            peers = [j for j in range(start, start + num_generations) if j != i and ok[j]]
+            if peers:
+                demo = max(peers, key=lambda j: (float(rewards[j]), -j))
+        use_fb = (
+            config.include_environment_feedback
+            and _has_text(feedbacks[i])
+            and (demo is None or not config.environment_feedback_only_without_solution)
+        )
+        choices.append(TeacherChoice(demo, use_fb))
+    return choices
+
+
+def teacher_prompt(original: Any, demonstration: str | None, feedback: str | None, config: SDPOConfig) -> Any:
+    """The teacher's prompt: the last user message rewritten; other messages kept."""
+    if demonstration is not None:
+        demonstration = strip_thinking(demonstration, config.thinking_tag)
+    kwargs = dict(
+        demonstration=demonstration, feedback=feedback, teacher_template=config.teacher_prompt_template,
+        demonstration_template=config.demonstration_template, feedback_template=config.feedback_template,
+    )
+    if isinstance(original, list):
+        if not original or original[-1].get("role") != "user":
+            raise ValueError("a conversational prompt must end with a user message to build the teacher prompt")
+        content = original[-1].get("content", "")
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+        return [*original[:-1], {"role": "user", "content": render_reprompt(content, **kwargs)}]
+    return render_reprompt(original, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Reward functions that explain themselves
+# ---------------------------------------------------------------------------
+
+
+class _ScoredReward:
+    """Wraps a reward function; dict outputs are split into the score and the feedback text."""
+
+    def __init__(self, func: Callable):
+        self.func = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+        self.last_feedback: list[str | None] | None = None
+
+    def __call__(self, prompts, completions, **kwargs):
+        out = list(self.func(prompts=prompts, completions=completions, **kwargs))
+        if len(out) != len(completions):
+            raise ValueError(f"reward function {self.__name__} returned {len(out)} values for {len(completions)} completions")
+        scores, feedback = [], []
+        for k, item in enumerate(out):
+            if isinstance(item, dict):
+                if "score" not in item:
+                    raise ValueError(f"reward function {self.__name__}: item {k} is a dict without 'score': {item!r}")
+                score, fb = item["score"], item.get("feedback")
+                if fb is not None and not isinstance(fb, str):
+                    raise ValueError(f"reward function {self.__name__}: item {k} 'feedback' must be a string")
+            else:
+                score, fb = item, None
+            scores.append(None if score is None else float(score))
+            feedback.append(fb)
+        self.last_feedback = feedback
+        return scores
+
+
+# ---------------------------------------------------------------------------
+# GRPOConfig + SDPOConfig -> TRL's experimental SDPOConfig
+# ---------------------------------------------------------------------------
+
+
+def to_trl_config(args, config: SDPOConfig):
+    """Build ``trl.experimental.sdpo.SDPOConfig`` from the user's GRPOConfig (or TrainingArguments)."""
+    from trl import GRPOConfig
+    from trl.experimental.sdpo import SDPOConfig as TRLSDPOConfig
+
+    if args is None:
+        args = GRPOConfig(output_dir="sdpo-output")
+    trl_fields = {f.name for f in dataclasses.fields(TRLSDPOConfig) if f.init}
+    values, ignored = {}, []
+    fresh = GRPOConfig(output_dir=args.output_dir) if isinstance(args, GRPOConfig) else None
+    for f in dataclasses.fields(args):
+        if not f.init:
+            continue
+        value = getattr(args, f.name)
+        if f.name in trl_fields:
+            values[f.name] = value
+        elif fresh is not None and value != getattr(fresh, f.name, value):
+            ignored.append(f.name)
+    if ignored:
+        logger.warning("SDPOTrainer ignores these GRPOConfig options (not used by SDPO): %s", ", ".join(sorted(ignored)))
+    # GRPOConfig.__post_init__ filled both; one determines the other.
+    values.pop("generation_batch_size", None)
+    values.update(
+        distillation_weight=1.0 if config.enabled else 0.0,
+        distillation_alpha=config.alpha if config.mode != "sampled_token" else 1.0,
+        distillation_mode={"full": "full_logits", "topk": "topk_logits", "sampled_token": "sampled_token"}[config.mode],
+        distillation_topk=config.distillation_topk if config.mode == "topk" else None,
+        distillation_add_tail=config.distillation_add_tail,
+        distillation_is_clip=config.is_clip,
+        teacher_model_kind=TEACHER_MODES[config.teacher_mode],
+        teacher_update_rate=config.ema_tau,
+        teacher_sync_steps=config.ema_update_every,
+        max_reprompt_len=config.max_teacher_prompt_length,
+        use_successful_as_teacher=config.reprompt_teacher,
+        success_reward_threshold=config.success_reward_threshold,
+        dont_reprompt_on_self_success=True,
+        include_environment_feedback=config.include_environment_feedback,
+        environment_feedback_only_without_solution=config.environment_feedback_only_without_solution,
+        remove_thinking_from_demonstration=config.thinking_tag is not None,
+    )
+    return TRLSDPOConfig(**values)
+
+
+# ---------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------
+
+
+def _trl_sdpo():
+    from trl.experimental.sdpo import SDPOTrainer as TRLSDPOTrainer
+    from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
+
+    return TRLSDPOTrainer, SuccessfulRolloutTeacherContextBuilder
+
+
+TRLSDPOTrainer, _TRLContextBuilder = _trl_sdpo()
+
+
+class FeedbackTeacherContextBuilder(_TRLContextBuilder):
+    """Builds teacher inputs from :func:`choose_teachers` with per-rollout feedback."""
+
+    def build(self, output, prompts, rewards, feedbacks=None):
+        from accelerate.utils import gather_object
+
+        trainer = self.trainer
+        cfg: SDPOConfig = trainer.sdpo_config
+        acc = trainer.accelerator
+        mode = "train" if trainer.model.training else "eval"
+        num_generations = trainer.num_generations if mode == "train" else trainer.num_generations_eval
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        n_local = len(prompts)
+        start = acc.process_index * n_local
+
+        dataset_fb = list(feedbacks) if feedbacks is not None else [None] * n_local
+        rollout_fb = trainer._rollout_feedback if trainer._rollout_feedback is not None else [None] * n_local
+        local_fb = [r if _has_text(r) else d for r, d in zip(rollout_fb, dataset_fb)]
+
+        all_rewards = acc.gather(rewards).float().cpu().tolist()
+        pad_id = trainer._tokenizer.pad_token_id
+        padded = acc.pad_across_processes(completion_ids, dim=1, pad_index=pad_id)
+        padded_mask = acc.pad_across_processes(completion_mask, dim=1, pad_index=0)
+        all_ids, all_mask = acc.gather(padded), acc.gather(padded_mask)
+        all_prompts = gather_object(prompts)
+        all_fb = gather_object(local_fb)
+        choices = choose_teachers(all_rewards, all_fb, num_generations, cfg)
+
+        messages, active = [], []
+        for g in range(start, start + n_local):
+            choice = choices[g]
+            active.append(1.0 if choice.active else 0.0)
+            if not choice.active:
+                messages.append(all_prompts[g])
+                continue
+            demo = None
+            if choice.demonstration is not None:
+                d = choice.demonstration
+                demo = trainer.processing_class.decode(all_ids[d][all_mask[d].bool()], skip_special_tokens=True)
+            messages.append(teacher_prompt(all_prompts[g], demo, all_fb[g] if choice.use_feedback else None, cfg))
+        batch = self._tokenize_teacher_messages(messages)
+        device = acc.device
+        total = len(choices)
+        groups = max(1, total // num_generations)
+        success = [
+            any(not math.isnan(r) and r >= cfg.success_reward_threshold for r in all_rewards[k : k + num_generations])
+            for k in range(0, total, num_generations)
+        ]
+        self.last_metrics = {
+            "self_distillation/success_group_fraction": sum(success) / groups,
+            "self_distillation/success_sample_fraction": sum(c.demonstration is not None for c in choices) / total,
+            "self_distillation/feedback_available_fraction": sum(_has_text(f) for f in all_fb) / total,
+            "self_distillation/feedback_used_fraction": sum(c.use_feedback for c in choices) / total,
+            "self_distillation/reprompt_sample_fraction": sum(c.active for c in choices) / total,
+        }
+        trainer._last_teacher_messages = messages
+        return {
+            "teacher_input_ids": torch.cat([batch["prompt_ids"], completion_ids], dim=1),
+            "teacher_attention_mask": torch.cat([batch["prompt_mask"], completion_mask], dim=1),
+            "self_distillation_mask": torch.tensor(active, device=device),
+        }
+
+
+class SDPOTrainer(TRLSDPOTrainer):
+    """Self-distillation from peer demonstrations and environment feedback (see the module doc)."""
+
+    def __init__(
+        self,
+        model,
+        args=None,
+        sdpo_config: SDPOConfig | None = None,
+        processing_class=None,
+        reward_funcs: Callable | Sequence[Callable] | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        reward_processing_classes=None,
+    ):
+        from trl.experimental.sdpo import SDPOConfig as TRLSDPOConfig
+
+        self.sdpo_config = sdpo_config if sdpo_config is not None else SDPOConfig()
+        if not isinstance(self.sdpo_config, SDPOConfig):
+            raise TypeError(f"sdpo_config must be sdpo.SDPOConfig, got {type(self.sdpo_config).__name__}")
+        trl_args = args if isinstance(args, TRLSDPOConfig) else to_trl_config(args, self.sdpo_config)
+        if reward_funcs is None:
+            raise ValueError("SDPOTrainer needs reward_funcs: functions (prompts, completions, **columns) -> "
+                             "list of floats or of {'score': float, 'feedback': str}")
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self._scored = []
+        wrapped = []
+        for f in funcs:
+            if isinstance(f, (str, torch.nn.Module)):
+                wrapped.append(f)
+            else:
+                w = _ScoredReward(f)
+                self._scored.append(w)
+                wrapped.append(w)
+        self._rollout_feedback: list[str | None] | None = None
+        self._last_teacher_messages: list[Any] = []
+        super().__init__(
+            model=model, reward_funcs=wrapped, args=trl_args, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes, callbacks=callbacks, optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        self.teacher_context_builder = FeedbackTeacherContextBuilder(self)
+
+    # The teacher for a non-PEFT student: TRL reloads it from the model's path; a
+    # deep copy also works for models that have no path (built in memory, GGUF).
+    def _setup_teacher_model(self) -> None:
+        from accelerate.utils import is_peft_model
+        from trl.experimental.sdpo.teacher_sync import SyncTeacherModelCallback
+
+        kind = self.args.teacher_model_kind
+        if kind == "live" or is_peft_model(self.model) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._setup_teacher_model()
+        teacher = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if kind == "ema":
+            self.add_callback(SyncTeacherModelCallback(teacher_model=self.teacher_model, accelerator=self.accelerator))
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        for w in self._scored:
+            w.last_feedback = None
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        merged: list[str | None] = [None] * len(prompts)
+        for w in self._scored:
+            for k, fb in enumerate(w.last_feedback or []):
+                if _has_text(fb):
+                    merged[k] = fb if merged[k] is None else merged[k] + "\n" + fb
+        self._rollout_feedback = merged
+        return rewards
+
+    def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
+        mode = "train" if model.training else "eval"
+        mask = distillation_logits.loss_mask
+        if mask.sum() == 0:
+            self._log_self_distillation_metric(mode, 0.0)
+            return distillation_logits.student_logits.sum() * 0.0
+        cfg = self.sdpo_config
+        per_token = cfg.per_token_loss(
+            distillation_logits.student_logits, distillation_logits.teacher_logits, distillation_logits.completion_ids
+        )
+        old = inputs.get("old_per_token_logps")
+        if old is not None and cfg.is_coef != 0:
+            student_lp = losses.token_logprobs(distillation_logits.student_logits, distillation_logits.completion_ids)
+            per_token = per_token * losses.importance_weights(student_lp, old, clip=cfg.is_clip, coef=cfg.is_coef)
+        loss = losses.masked_sequence_mean(per_token, mask)
+        token_mean = (per_token.detach() * mask).sum() / mask.sum().clamp(min=1.0)
+        self._log_self_distillation_metric(mode, self.accelerator.gather(token_mean).mean().item())
+        return loss
