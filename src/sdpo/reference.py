@@ -56,3 +56,41 @@ def naive_hindsight_logprobs(model, encoded, pad_token_id: int):
         student = naive_batched_logprobs(model, [e.student_context for e in encoded], responses, pad_token_id)
         teacher = naive_batched_logprobs(model, [e.teacher_context for e in encoded], responses, pad_token_id)
     return student, teacher
+
+
+def reference_divergence(student_logits: Sequence[float], teacher_logits: Sequence[float], alpha: float,
+                         *, topk: int | None = None, add_tail: bool = True) -> float:
+    """Generalized JSD of one position, written out with Python floats (float64).
+
+    alpha = 0: KL(teacher || student); alpha = 1: KL(student || teacher); otherwise
+    (1 - alpha) KL(S || M) + alpha KL(T || M) with M = (1 - alpha) S + alpha T. With
+    ``topk`` both distributions are restricted to the student's top-k tokens, plus one
+    tail category (``add_tail``) or renormalised.
+    """
+    import math
+
+    def softmax(xs):
+        m = max(xs)
+        e = [math.exp(x - m) for x in xs]
+        z = sum(e)
+        return [v / z for v in e]
+
+    ps, pt = softmax([float(x) for x in student_logits]), softmax([float(x) for x in teacher_logits])
+    if topk is not None:
+        order = sorted(range(len(ps)), key=lambda i: -float(student_logits[i]))[:topk]
+        ps, pt = [ps[i] for i in order], [pt[i] for i in order]
+        if add_tail:
+            ps, pt = ps + [1.0 - sum(ps)], pt + [1.0 - sum(pt)]
+        else:
+            ss, st = sum(ps), sum(pt)
+            ps, pt = [p / ss for p in ps], [p / st for p in pt]
+
+    def kl(p, q):
+        return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q) if a > 0)
+
+    if alpha == 0.0:
+        return kl(pt, ps)
+    if alpha == 1.0:
+        return kl(ps, pt)
+    m = [(1 - alpha) * a + alpha * b for a, b in zip(ps, pt)]
+    return (1 - alpha) * kl(ps, m) + alpha * kl(pt, m)

@@ -283,7 +283,12 @@ def to_trl_config(args, config: SDPOConfig):
         args = GRPOConfig(output_dir="sdpo-output")
     trl_fields = {f.name for f in dataclasses.fields(TRLSDPOConfig) if f.init}
     values, ignored = {}, []
-    fresh = GRPOConfig(output_dir=args.output_dir) if isinstance(args, GRPOConfig) else None
+    fresh = None
+    if isinstance(args, GRPOConfig):  # to name the GRPO-only options the user changed
+        try:
+            fresh = GRPOConfig(output_dir=args.output_dir, use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16)
+        except ValueError:
+            fresh = None
     for f in dataclasses.fields(args):
         if not f.init:
             continue
@@ -323,8 +328,14 @@ def to_trl_config(args, config: SDPOConfig):
 
 
 def _trl_sdpo():
-    from trl.experimental.sdpo import SDPOTrainer as TRLSDPOTrainer
-    from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
+    import os
+    import warnings
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we pin TRL and test against it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from trl.experimental.sdpo import SDPOTrainer as TRLSDPOTrainer
+        from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
 
     return TRLSDPOTrainer, SuccessfulRolloutTeacherContextBuilder
 
