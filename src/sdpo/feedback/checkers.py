@@ -9,6 +9,7 @@ completion and say why, in TRL's reward-function calling convention
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -84,7 +85,8 @@ class CodeTestsReward:
     """Fraction of test cases passed by the function in the answer, with the sandbox's feedback.
 
     Dataset columns: ``entry_point`` (function name) and ``tests`` (list of
-    ``{"args": [...], "expected": ...}``).
+    ``{"args": [...], "expected": ...}``, or that list as JSON text, which is how it
+    fits in an Arrow/`datasets` column).
     """
 
     __name__ = "code_tests"
@@ -99,6 +101,8 @@ class CodeTestsReward:
 
         def one(args):
             completion, name, cases = args
+            if isinstance(cases, str):
+                cases = json.loads(cases)
             result = run_python_tests(extract_code(completion_text(completion), name), name, cases, self.limits)
             return {"score": result.score, "feedback": result.feedback}
 
