@@ -1,0 +1,50 @@
+"""Each rich-feedback example's code path, 2 steps on a tiny random model, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, tmp_path, *extra):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--model", "tiny-random", "--max-steps", "2",
+         "--output-dir", str(out), *extra],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"},
+    )
+    return proc, out
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8"]),
+    ("sdpo_rich_feedback.py", ["--eval-size", "4", "--max-completion-length", "24"]),
+])
+def test_example_runs_two_steps_and_reports(script, extra, tmp_path):
+    proc, out = _run(script, tmp_path, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_steps"] == 2
+    assert summary["held_out_before"] is not None and summary["held_out_after"] is not None
+    assert 0.0 <= summary["held_out_after"] <= 1.0
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == summary["eval_size"]
+    assert "held-out score:" in proc.stdout
+
+
+def test_unsloth_example_explains_why_it_cannot_run(tmp_path):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("unsloth") is not None and torch.cuda.is_available():
+        pytest.skip("unsloth and a GPU are available here")
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sdpo_with_unsloth.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot run here" in proc.stderr
