@@ -202,3 +202,46 @@ def masked_sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.T
     mask = mask.to(per_token.dtype)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_seq.mean()
+
+
+# ---------------------------------------------------------------------------
+# Semiparametric preference optimization (SPO)
+#
+# For a pair (y0, y1) with z = 1 when y1 is preferred, the index is
+#     t = [log pi(y1|x) - log pi_ref(y1|x)] - [log pi(y0|x) - log pi_ref(y0|x)]
+# (sequence log-probs summed over tokens; no beta in training) and the signed index
+# s = (2z - 1) t. DPO:  -log sigmoid(s). Link-based methods (PSPO, OSPO): the
+# cross-entropy of z under a link psi(t). RSPO: the logistic loss on every pair of
+# signed indices in the batch, -log sigmoid(s_i + s_j), i < j.
+# ---------------------------------------------------------------------------
+
+
+def mixture_link(u: torch.Tensor, *, shift: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+    """Psi(u) = 1/2 sigmoid(u/tau - s) + 1/2 sigmoid(u/tau + s): symmetric, increasing, logistic at s = 0."""
+    return 0.5 * torch.sigmoid(u / temperature - shift) + 0.5 * torch.sigmoid(u / temperature + shift)
+
+
+def signed_index(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return (2 * z.to(t.dtype) - 1) * t
+
+
+def dpo_loss(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid((2z - 1) t)."""
+    return -torch.nn.functional.logsigmoid(signed_index(t, z)).mean()
+
+
+def link_cross_entropy(psi: torch.Tensor, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean of -[z log psi + (1 - z) log(1 - psi)], psi clamped to [eps, 1 - eps]."""
+    psi = psi.clamp(eps, 1 - eps)
+    z = z.to(psi.dtype)
+    return -(z * torch.log(psi) + (1 - z) * torch.log1p(-psi)).mean()
+
+
+def rspo_loss(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs i < j of -log sigmoid(s_i + s_j) (needs a batch of at least 2)."""
+    s = signed_index(t, z)
+    n = s.shape[0]
+    if n < 2:
+        raise ValueError("the RSPO loss needs at least 2 pairs in a batch")
+    i, j = torch.triu_indices(n, n, offset=1, device=s.device)
+    return -torch.nn.functional.logsigmoid(s[i] + s[j]).mean()
