@@ -31,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("eval", "eval checkpoints: pairwise win rate of checkpoints against a baseline"),
     "personas": Command("personas", "list the user personas (styles) for simulators and judges"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
+    "spo": Command("spo", "preference optimization (DPO, PSPO, OSPO, RSPO): synthetic, generate, train, evaluate, grid, analyze"),
 }
 
 
@@ -71,12 +72,12 @@ def _load_yaml(path: str, fields: set[str]) -> dict:
     return data
 
 
-def parse_command_args(name: str, dataclass_type, argv: Sequence[str]):
+def parse_command_args(name: str, dataclass_type, argv: Sequence[str], description: str | None = None):
     """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values)."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        dataclass_type, prog=f"sdpo {name}", description=COMMANDS[name].summary, allow_abbrev=False
+        dataclass_type, prog=f"sdpo {name}", description=description or COMMANDS[name].summary, allow_abbrev=False
     )
     parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
     argv = list(argv)
@@ -120,6 +121,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sdpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")
+    subcommands = getattr(module, "SUBCOMMANDS", None)
+    if subcommands is not None:  # e.g. `sdpo spo train ...`
+        if not rest or rest[0] not in subcommands:
+            width = max(len(k) for k in subcommands)
+            listing = "\n".join(f"  {k.ljust(width)}  {v[2]}" for k, v in subcommands.items())
+            usage = f"usage: sdpo {name} <step> [options]\n\nsteps:\n{listing}"
+            if rest and rest[0] in ("-h", "--help"):
+                print(usage)
+                return 0
+            what = f"unknown step {rest[0]!r}" if rest else "missing step"
+            print(f"sdpo {name}: error: {what}\n\n{usage}", file=sys.stderr)
+            return 2
+        sub, rest = rest[0], rest[1:]
+        arguments, sub_run, summary = subcommands[sub]
+        try:
+            args = parse_command_args(name, arguments, rest, description=summary)
+            return int(sub_run(args) or 0)
+        except UsageError as err:
+            print(f"sdpo {name} {sub}: error: {err}", file=sys.stderr)
+            return 2
+        except Exception as err:
+            if _is_user_error(err):
+                print(f"sdpo {name} {sub}: error: {err}", file=sys.stderr)
+                return 2
+            raise
     run: Callable = module.run
     positional = getattr(module, "POSITIONAL", None)
     if positional and rest and not rest[0].startswith("-"):
