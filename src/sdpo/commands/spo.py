@@ -1,6 +1,6 @@
 """``sdpo spo <step>``: semiparametric preference optimization.
 
-    sdpo spo synthetic                       # exact-answer benchmark (CPU, ~2 min)
+    sdpo spo synthetic                       # exact-answer benchmark (CPU, ~30 s)
     sdpo spo generate --num_samples 200 --model_id Qwen/Qwen3-0.6B --output data/preferences/prefs.jsonl
     sdpo spo train --pref_path data/preferences/prefs.jsonl --method pspo --output_dir outputs/pspo
     sdpo spo evaluate --model_id outputs/pspo/pspo_final --output outputs/eval/pspo.csv

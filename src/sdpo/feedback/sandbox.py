@@ -121,10 +121,11 @@ def _nobody_ids() -> tuple[int, int] | None:
 
 
 class _Preexec:
-    """Runs in the child between fork and exec: namespaces, privileges, rlimits."""
+    """Runs in the child between fork and exec: network namespace and rlimits (the runner
+    itself drops privileges once Python is loaded)."""
 
-    def __init__(self, limits: SandboxLimits, ids: tuple[int, int] | None, cpu_s: int):
-        self.limits, self.ids, self.cpu_s = limits, ids, cpu_s
+    def __init__(self, limits: SandboxLimits, cpu_s: int):
+        self.limits, self.cpu_s = limits, cpu_s
 
     def __call__(self):
         flags = CLONE_NEWNET if os.geteuid() == 0 else (CLONE_NEWUSER | CLONE_NEWNET)
@@ -205,7 +206,7 @@ def run_python_tests(
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "runner.py", nonce],
                 cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=_Preexec(limits, ids, cpu_s), start_new_session=True, close_fds=True,
+                preexec_fn=_Preexec(limits, cpu_s), start_new_session=True, close_fds=True,
             )
             killed = False
             try:
@@ -239,7 +240,7 @@ def _netns_supported() -> bool:
         ids = _nobody_ids()
         try:
             rc = subprocess.run([sys.executable, "-I", "-S", "-c", probe], env={"PATH": "/usr/bin:/bin"},
-                                preexec_fn=_Preexec(SandboxLimits(), ids, 5), timeout=30).returncode
+                                preexec_fn=_Preexec(SandboxLimits(), 5), timeout=30).returncode
         except (OSError, subprocess.SubprocessError):
             rc = 1
         _NETNS = rc == 0

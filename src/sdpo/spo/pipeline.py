@@ -386,7 +386,15 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
     if any(b <= 0 for b in betas):
         raise ValueError("--betas must all be > 0")
     if args.prompts_path:
-        rows = [json.loads(line) for line in open(args.prompts_path, encoding="utf-8") if line.strip()]
+        from ..data.io import iter_jsonl
+
+        if not Path(args.prompts_path).is_file():
+            raise ValueError(f"--prompts_path {args.prompts_path}: no such file")
+        rows = []
+        for lineno, row in iter_jsonl(args.prompts_path):
+            if isinstance(row, Exception):  # names the file and line
+                raise ValueError(str(row))
+            rows.append(row)
         prompts = list(dict.fromkeys(_prompt_text(r, None) for r in rows))
     else:
         prompts = _load_prompts(GenerateArguments(dataset_id=args.dataset_id, num_samples=10**9, seed=args.seed))
@@ -585,6 +593,8 @@ def _interp(points: list[tuple[float, float]], x: float) -> float:
 def analyze_results(a: AnalyzeArguments) -> Path:
     import numpy as np
 
+    from .synthetic import _mean_ci
+
     files = sorted(Path(a.results_dir).glob("*.csv"))
     if not files:
         raise ValueError(f"--results_dir {a.results_dir}: no CSV files")
@@ -610,15 +620,13 @@ def analyze_results(a: AnalyzeArguments) -> Path:
     for s in shifts:
         for m in methods:
             vals = [v for (mm, ss, _), v in at_budget.items() if mm == m and ss == s]
-            row = {"method": m, "shift": s, "reward_at_budget": float(np.mean(vals)), "seeds": len(vals),
-                   "ci95": float(1.96 * np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")}
+            mean, ci = _mean_ci(vals)
+            row = {"method": m, "shift": s, "reward_at_budget": mean, "seeds": len(vals), "ci95": ci}
             if m != "dpo" and "dpo" in methods:
                 diffs = [v - at_budget[("dpo", s, seed)] for (mm, ss, seed), v in at_budget.items()
                          if mm == m and ss == s and ("dpo", s, seed) in at_budget]
                 if diffs:
-                    row["diff_vs_dpo"] = float(np.mean(diffs))
-                    row["diff_ci95"] = (float(1.96 * np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
-                                        if len(diffs) > 1 else float("nan"))
+                    row["diff_vs_dpo"], row["diff_ci95"] = _mean_ci(diffs)
             summary.append(row)
     (out / "summary.json").write_text(json.dumps({"kl_budget": budget, "rows": summary}, indent=2))
     _plots(rows, summary, methods, shifts, budget, out)

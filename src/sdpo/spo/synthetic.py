@@ -213,8 +213,7 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         w.writeheader()
         w.writerows(result["curves"])
     with open(out_dir / "summary.csv", "w", newline="") as f:
-        fields = sorted({k for r in result["summary"] for k in r}, key=lambda k: list(result["summary"][-1]).index(k)
-                        if k in result["summary"][-1] else 99)
+        fields = list(dict.fromkeys(k for r in result["summary"] for k in r))  # first-seen order
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(result["summary"])
