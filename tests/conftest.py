@@ -31,3 +31,36 @@ def tiny(tokenizer):
 
     model = tiny_random_model(len(tokenizer), seed=0).eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """tiny-random saved as a model directory, so separate launches start from the same weights
+    (a random init differs under DeepSpeed ZeRO-3, which initialises partitioned)."""
+    from sdpo.models import load_model
+
+    model, tokenizer = load_model("tiny-random")
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# accelerate launch flags for the sharded modes, run on CPU through tests/cpu_sharded_launch.py
+SHARDED_LAUNCH = {
+    "zero2": ["--use_deepspeed", "--zero_stage", "2"],
+    "zero3": ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "true"],
+    "fsdp2": ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+              "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_reshard_after_forward", "true"],
+}
+SHARDED_SCRIPT = str(ROOT / "tests" / "cpu_sharded_launch.py")
+
+
+def max_weight_diff(a_dir, b_dir) -> float:
+    """Largest difference between two saved models' weights (same keys, same shapes required)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(Path(a_dir) / "model.safetensors"), load_file(Path(b_dir) / "model.safetensors")
+    shared = set(a) & set(b)
+    assert "model.embed_tokens.weight" in shared and all(a[k].shape == b[k].shape for k in shared)
+    return max((a[k] - b[k]).abs().max().item() for k in shared)

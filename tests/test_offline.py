@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdpo.cli import main
+from tests.conftest import SHARDED_LAUNCH, SHARDED_SCRIPT, max_weight_diff
 from sdpo.data.interactions import write_interactions
 from sdpo.data.logs import extract, sample_path
 from sdpo.losses import advantage_pg_loss
@@ -127,12 +128,13 @@ def test_killed_run_resumes_to_the_same_weights(records_file, tmp_path):
     assert max((a[k] - initial[k]).abs().max().item() for k in a) > 1e-4  # steps 3-4 did change the weights
 
 
-def test_two_process_accelerate_run(records_file, tmp_path):
-    out = tmp_path / "ddp"
+def _launch(launcher_args, records_file, tiny_dir, out, port, script=("-m", "sdpo.cli")):
+    args = _args(records_file, out, "--max_steps", "2", "--save_steps", "2")
+    args[args.index("--model_name_or_path") + 1] = str(tiny_dir)
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-        "-m", "sdpo.cli", *_args(records_file, out, "--max_steps", "2", "--save_steps", "2")[0:],
+        sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        *script, *args,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-4000:]
@@ -141,6 +143,28 @@ def test_two_process_accelerate_run(records_file, tmp_path):
     # a lone process would have made 6 steps per epoch (epoch 1/3 after 2 steps)
     assert state["epoch"] == pytest.approx(2 / 3)
     assert done.stdout.count("done: 2 steps") == 1  # one job, reported once
+    return done
+
+
+@pytest.fixture(scope="module")
+def ddp_run(records_file, tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("offline-ddp") / "run"
+    _launch(["--multi_gpu"], records_file, tiny_dir, out, 29533)
+    return out
+
+
+def test_two_process_accelerate_run(ddp_run, tiny_dir):
+    assert max_weight_diff(ddp_run, tiny_dir) > 1e-4  # the saved final model is the trained one
+
+
+@pytest.mark.parametrize("mode", ["zero3", "fsdp2"])
+def test_sharded_offline_run_saves_the_same_model_as_ddp(records_file, tiny_dir, ddp_run, tmp_path, mode):
+    """DeepSpeed ZeRO-3 and FSDP2 (gloo on CPU): the final model is one loadable file equal to DDP's."""
+    import deepspeed  # noqa: F401  (a dev dependency: the test must not silently skip)
+
+    out = tmp_path / mode
+    _launch(SHARDED_LAUNCH[mode], records_file, tiny_dir, out, 29535 + (mode == "fsdp2"), script=(SHARDED_SCRIPT,))
+    assert max_weight_diff(out, ddp_run) <= 1e-5
 
 
 def test_cli_errors(records_file, tmp_path, capsys):

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sdpo.distributed import lockstep_forwards
 from sdpo.templates import DEFAULT_TEMPLATE, Messages, TeacherTemplate, get_template, render_context
 
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
@@ -200,7 +201,7 @@ def _unwrap(model):
     """The plain ``PreTrainedModel`` under peft wrappers, or None if wrapped for distribution."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return None
-    if type(model).__name__ in ("DeepSpeedEngine", "FullyShardedDataParallel"):
+    if type(model).__name__ in ("DeepSpeedEngine", "FullyShardedDataParallel") or lockstep_forwards(model):
         return None
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
@@ -333,8 +334,9 @@ def completion_logprobs(
     device = _model_device(model)
     if overhead_tokens is None:
         overhead_tokens = _default_overhead(device)
-    if torch.is_grad_enabled() and _unwrap(model) is None:
-        # DDP and friends reduce gradients once per forward: one forward per backward.
+    if (torch.is_grad_enabled() and _unwrap(model) is None) or lockstep_forwards(model):
+        # DDP and friends reduce gradients once per forward: one forward per backward. Under
+        # ZeRO-3/FSDP every forward gathers parameters, so every rank must run the same number.
         overhead_tokens, max_batch_tokens = 10**12, None
     if chunk_tokens is None:
         chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * _vocab_size(model)))

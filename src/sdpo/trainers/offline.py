@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from sdpo.distributed import consolidate_zero3_saves, full_state_dict_for_final_save, sharded_launch
 from sdpo.losses import CENTERING, advantage_pg_loss
 from sdpo.signal import EncodedExample, completion_logprobs, encode_examples, hindsight_logprobs
 from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
@@ -72,7 +73,7 @@ class OfflineSDPOConfig(TrainingArguments):
             self.output_dir = str(Path("runs") / "sdpo-offline" / time.strftime("%Y%m%d-%H%M%S"))
         import os
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not sharded_launch():
             # Launched as several processes on a machine without CUDA: without use_cpu the
             # Trainer would run each process on its own instead of as one gloo DDP job.
             self.use_cpu = True
@@ -264,7 +265,9 @@ def train_offline(config: OfflineSDPOConfig, **kwargs):
         for line in trainer.load_report.first_errors:
             print(f"  skipped: {line}")
     resume = resolve_resume(config)
+    consolidate_zero3_saves(trainer.accelerator)
     trainer.train(resume_from_checkpoint=resume)
+    full_state_dict_for_final_save(trainer.accelerator)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         settings = {k: v for k, v in asdict(config).items() if "token" not in k.lower() or k.endswith("_tokens")}

@@ -35,6 +35,14 @@ from pathlib import Path
 
 import torch
 
+from sdpo.distributed import (
+    check_world,
+    fill_deepspeed_config,
+    gathered_parameters,
+    policy_for_generation,
+    sharded_launch,
+    zero3_init_disabled,
+)
 from sdpo.losses import CENTERING, advantage_pg_loss
 from sdpo.signal import EncodedExample, hindsight_logprobs, truncate_left
 from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES, get_template, render_context
@@ -116,13 +124,18 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
             kwargs["temperature"] = cfg.simulator_temperature
         if cfg.simulator_max_new_tokens is not None:
             kwargs["max_new_tokens"] = cfg.simulator_max_new_tokens
-        if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None \
+                and not is_deepspeed_zero3_enabled():
             import copy
 
             # a frozen copy: the user does not change when the policy learns
             model = copy.deepcopy(policy).eval().requires_grad_(False)
             return sims.StyleUserSimulator(cfg.style, model=model, tokenizer=tokenizer, **kwargs)
-        return sims.StyleUserSimulator(cfg.style, model=cfg.simulator_model, **kwargs)
+        # its own copy, loaded whole even when ZeRO-3 partitions the policy at load time
+        with zero3_init_disabled():
+            return sims.StyleUserSimulator(cfg.style, model=cfg.simulator_model or cfg.model_name_or_path, **kwargs)
     cls = sims.ClaudeStyleUserSimulator if cfg.simulator == "claude" else sims.OpenAICompatibleUserSimulator
     kwargs = dict(base_url=cfg.simulator_base_url, max_concurrency=cfg.simulator_concurrency)
     if cfg.simulator_model:
@@ -186,7 +199,10 @@ class OnlineSDPOTrainer:
         if self.val_prompts is None and cfg.val_jsonl:
             self.val_prompts = load_prompts(cfg.val_jsonl)
         self.accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                       cpu=not torch.cuda.is_available())
+                                       cpu=not torch.cuda.is_available() and not sharded_launch())
+        check_world(self.accelerator)
+        fill_deepspeed_config(self.accelerator, micro_batch=cfg.per_device_train_batch_size,
+                              grad_accum=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm)
         set_seed(cfg.seed)
         if simulator is None and cfg.simulator in ("claude", "openai"):
             simulator = build_simulator(cfg)  # checks the API key before the model loads
@@ -249,12 +265,9 @@ class OnlineSDPOTrainer:
         t0 = time.perf_counter()
         student_msgs = [self.template.student_messages(p.messages) for p in batch]
         contexts = [truncate_left(render_context(tok, m), cfg.max_context_tokens)[0] for m in student_msgs]
-        policy = acc.unwrap_model(self.model)
-        was_training = policy.training
-        policy.eval()
-        responses, texts = generate(policy, tok, contexts, max_new_tokens=cfg.max_new_tokens,
-                                    temperature=cfg.temperature, device=acc.device)
-        policy.train(was_training)
+        with policy_for_generation(self.model, acc) as policy:
+            responses, texts = generate(policy, tok, contexts, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, device=acc.device)
         timings["time/generate"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -302,8 +315,9 @@ class OnlineSDPOTrainer:
         path = Path(self.cfg.output_dir) / f"checkpoint-{self.step}"
         acc.wait_for_everyone()
         acc.save_state(str(path / "accelerate_state"))
+        state_dict = acc.get_state_dict(self.model)  # collective: gathers ZeRO-3 / FSDP shards
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(path)
+            acc.unwrap_model(self.model).save_pretrained(path, state_dict=state_dict)
             self.tokenizer.save_pretrained(path)
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step, "micro_step": self.micro}))
         acc.wait_for_everyone()
@@ -329,12 +343,9 @@ class OnlineSDPOTrainer:
             return None
         prompts = (self.val_prompts or self.prompts)[: self.cfg.summary_prompts]
         contexts = [render_context(self.tokenizer, self.template.student_messages(p.messages)) for p in prompts]
-        policy = self.accelerator.unwrap_model(self.model)
-        was = policy.training
-        policy.eval()
-        _, texts = generate(policy, self.tokenizer, contexts, max_new_tokens=self.cfg.summary_max_new_tokens,
-                            temperature=0.0, device=self.accelerator.device)
-        policy.train(was)
+        with policy_for_generation(self.model, self.accelerator) as policy:
+            _, texts = generate(policy, self.tokenizer, contexts, max_new_tokens=self.cfg.summary_max_new_tokens,
+                                temperature=0.0, device=self.accelerator.device)
         return [p.text for p in prompts], texts
 
     # ------------------------------------------------------------------ loop
@@ -418,7 +429,11 @@ class OnlineSDPOTrainer:
     def parameter_checksum(self) -> float:
         """Sum of all trainable parameters (float64): equal on every rank when DDP keeps them in sync."""
         model = self.accelerator.unwrap_model(self.model)
-        return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
+        params = [p for p in model.parameters() if p.requires_grad]
+        with gathered_parameters(self.accelerator, params):
+            # FSDP2 parameters are DTensor shards: compare the full tensors
+            full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in params]
+            return float(sum(p.detach().double().sum() for p in full))
 
     def _write_summary(self, before, after, history) -> dict:
         from sdpo.feedback.simulators import rule_score
