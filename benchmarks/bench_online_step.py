@@ -1,13 +1,14 @@
 """Online SDPO step: where the time goes, and the batched local simulator vs one-at-a-time.
 
 1. Simulator: the same local user simulator (the embedded model, temperature 0.7,
-   ``--sim-tokens`` new tokens) answers the same 8 (prompt, response) pairs, batched
+   ``--sim-tokens`` new tokens) answers the same N (prompt, response) pairs, batched
    (one ``generate`` for all) and one request at a time, side by side in one process,
-   seeds fixed, order alternating. Printed: follow-ups per second for both and the ratio.
-2. Step split: a few ``sdpo train-online`` steps with that simulator; the mean
-   generate / simulate / score / update seconds per step from ``metrics.jsonl``.
+   seeds fixed, order alternating, for each N in ``--batch``. Printed: follow-ups per
+   second for both and the ratio, one JSON line per N.
+2. Step split (skip with ``--steps 0``): a few ``sdpo train-online`` steps with that
+   simulator; the mean generate / simulate / score / update seconds per step.
 
-    python benchmarks/bench_online_step.py [--repeats 2] [--steps 2]
+    python benchmarks/bench_online_step.py [--repeats 2] [--steps 2] [--batch 4 8 16]
 """
 
 from __future__ import annotations
@@ -34,21 +35,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, nargs="+", default=[8])
     parser.add_argument("--sim-tokens", type=int, default=64)
     parser.add_argument("--response-tokens", type=int, default=64)
     args = parser.parse_args()
 
     train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
-    prompts = train[: args.batch]
     model, tok = load_model("smollm2-135m", device="cpu", dtype="float32")
     template = get_template()
+    for n in args.batch:
+        print(json.dumps(_simulator_row(args, train[:n], model, tok, template)), flush=True)
+    if args.steps:
+        print(json.dumps(_step_row(args, train, model, tok)), flush=True)
+
+
+def _simulator_row(args, prompts, model, tok, template) -> dict:
     contexts = [render_context(tok, template.student_messages(p.messages)) for p in prompts]
     torch.manual_seed(0)
     _, responses = generate(model, tok, contexts, max_new_tokens=args.response_tokens, temperature=1.0,
                             device=torch.device("cpu"))
     sim = StyleUserSimulator("concise_casual_beginner", model=model, tokenizer=tok,
-                             max_new_tokens=args.sim_tokens, batch_size=args.batch)
+                             max_new_tokens=args.sim_tokens, batch_size=len(prompts))
     texts = [p.text for p in prompts]
     times = {"batched": [], "one_at_a_time": []}
     for r in range(args.repeats + 1):  # first round is warm-up
@@ -66,7 +73,12 @@ def main() -> None:
     for method, values in times.items():
         row[f"{method}_followups_per_s"] = round(len(texts) / statistics.median(values), 3)
     row["speedup"] = round(row["batched_followups_per_s"] / row["one_at_a_time_followups_per_s"], 3)
+    row.update(threads=torch.get_num_threads(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+    return row
 
+
+def _step_row(args, train, model, tok) -> dict:
+    row = {"benchmark": "online_step_split", "model": "smollm2-135m", "device": "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_prompts(train, Path(tmp) / "train.jsonl")
         cfg = OnlineSDPOConfig(train_jsonl=str(data), simulator="local", style="concise_casual_beginner",
@@ -81,7 +93,7 @@ def main() -> None:
         row[f"step_{part}_s"] = round(statistics.mean(s[f"time/{part}"] for s in steps), 3)
     row.update(step_batch=4, steps=len(steps), threads=torch.get_num_threads(), torch=torch.__version__,
                machine=platform.machine(), date=time.strftime("%Y-%m-%d"))
-    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":
