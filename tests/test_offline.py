@@ -164,7 +164,7 @@ def test_sharded_offline_run_saves_the_same_model_as_ddp(records_file, tiny_dir,
 
     out = tmp_path / mode
     _launch(SHARDED_LAUNCH[mode], records_file, tiny_dir, out, 29535 + (mode == "fsdp2"), script=(SHARDED_SCRIPT,))
-    assert max_weight_diff(out, ddp_run) <= 1e-5
+    assert max_weight_diff(out, ddp_run) <= 5e-5  # steps move weights ~1e-3
 
 
 def test_cli_errors(records_file, tmp_path, capsys):

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from sdpo.trainers.online import OnlineSDPOConfig
 
 ARGUMENTS = OnlineSDPOConfig
@@ -22,8 +24,9 @@ def run(args: OnlineSDPOConfig) -> int:
     summary = trainer.train()
     acc = trainer.accelerator
     if acc.num_processes > 1:
-        print(f"rank {acc.process_index}/{acc.num_processes}: parameter checksum {trainer.parameter_checksum():.10e}",
-              flush=True)
+        line = f"rank {acc.process_index}/{acc.num_processes}: parameter checksum {trainer.parameter_checksum():.10e}\n"
+        sys.stdout.write(line)  # one write: ranks share the terminal and must not interleave mid-line
+        sys.stdout.flush()
     if acc.is_main_process:
         print(format_summary(summary))
         print(f"checkpoints, metrics.jsonl and summary.json in {args.output_dir}")
