@@ -9,6 +9,10 @@
    simulator; the mean generate / simulate / score / update seconds per step.
 
     python benchmarks/bench_online_step.py [--repeats 2] [--steps 2] [--batch 4 8 16]
+    python benchmarks/bench_online_step.py --model qwen3-4b --device cuda --dtype bfloat16 --batch 8 16 32
+
+``--model`` is ``smollm2-135m`` (the embedded model, default) or a random-initialised
+model of a real shape (``qwen3-0.6b``, ``qwen3-4b``, ``qwen3-8b``; see ``shapes.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import QWEN3, random_qwen3  # noqa: E402
 
 from sdpo.data.prompt_sources import load_prompt_rows, prepare_tldr
 from sdpo.data.prompts import write_prompts
 from sdpo.feedback.simulators import StyleUserSimulator
-from sdpo.models import load_model
+from sdpo.models import load_model, load_tokenizer
 from sdpo.trainers.online import OnlineSDPOConfig, OnlineSDPOTrainer, generate
 from sdpo.templates import get_template, render_context
 
@@ -38,10 +47,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
     parser.add_argument("--sim-tokens", type=int, default=64)
     parser.add_argument("--response-tokens", type=int, default=64)
+    parser.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", *QWEN3])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
     train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
-    model, tok = load_model("smollm2-135m", device="cpu", dtype="float32")
+    if args.model == "smollm2-135m":
+        model, tok = load_model("smollm2-135m", device=args.device, dtype=args.dtype)
+    else:
+        tok = load_tokenizer("tiny-random")  # the embedded tokenizer; its ids are valid in Qwen3's vocabulary
+        model = random_qwen3(args.model, args.device, getattr(torch, args.dtype))
     template = get_template()
     for n in args.batch:
         print(json.dumps(_simulator_row(args, train[:n], model, tok, template)), flush=True)
@@ -53,7 +69,7 @@ def _simulator_row(args, prompts, model, tok, template) -> dict:
     contexts = [render_context(tok, template.student_messages(p.messages)) for p in prompts]
     torch.manual_seed(0)
     _, responses = generate(model, tok, contexts, max_new_tokens=args.response_tokens, temperature=1.0,
-                            device=torch.device("cpu"))
+                            device=torch.device(args.device))
     sim = StyleUserSimulator("concise_casual_beginner", model=model, tokenizer=tok,
                              max_new_tokens=args.sim_tokens, batch_size=len(prompts))
     texts = [p.text for p in prompts]
@@ -68,7 +84,8 @@ def _simulator_row(args, prompts, model, tok, template) -> dict:
                 sim.followups_one_at_a_time(texts, responses)
             if r:
                 times[method].append(time.perf_counter() - start)
-    row = {"benchmark": "local_simulator", "model": "smollm2-135m", "device": "cpu", "pairs": len(texts),
+    row = {"benchmark": "local_simulator", "model": args.model, "device": args.device, "dtype": args.dtype,
+           "pairs": len(texts),
            "sim_max_new_tokens": args.sim_tokens}
     for method, values in times.items():
         row[f"{method}_followups_per_s"] = round(len(texts) / statistics.median(values), 3)
@@ -78,7 +95,7 @@ def _simulator_row(args, prompts, model, tok, template) -> dict:
 
 
 def _step_row(args, train, model, tok) -> dict:
-    row = {"benchmark": "online_step_split", "model": "smollm2-135m", "device": "cpu"}
+    row = {"benchmark": "online_step_split", "model": args.model, "device": args.device, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_prompts(train, Path(tmp) / "train.jsonl")
         cfg = OnlineSDPOConfig(train_jsonl=str(data), simulator="local", style="concise_casual_beginner",

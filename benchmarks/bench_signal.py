@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import benchmark_cases  # noqa: E402
+from shapes import random_qwen3  # noqa: E402
 
 from sdpo.models import load_model, load_tokenizer  # noqa: E402
 from sdpo.reference import naive_hindsight_logprobs  # noqa: E402
@@ -149,24 +150,6 @@ def bench(model, tokenizer, label: str, repeats: int, ablations: bool = False) -
     return row
 
 
-def qwen3_vocab_model(device: str):
-    """A random small Qwen3 model with Qwen3's vocabulary (151,936), where the head dominates."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    config = Qwen3Config(
-        vocab_size=151_936,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).to(device).eval()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="embedded,qwen3-vocab", help="comma list: embedded, qwen3-vocab")
@@ -182,7 +165,7 @@ def main() -> None:
             label = "smollm2-135m"
         elif name == "qwen3-vocab":
             tok = load_tokenizer("tiny-random")
-            model = qwen3_vocab_model(args.device).to(getattr(torch, args.dtype))
+            model = random_qwen3("qwen3-vocab", args.device, getattr(torch, args.dtype))
             label = "random-qwen3-vocab-151936"
         else:
             raise SystemExit(f"unknown model {name!r}")
