@@ -176,13 +176,15 @@ def _is_user_error(err: Exception) -> bool:
     from sdpo.data.interactions import RecordError
     from sdpo.data.io import DataFileError
     from sdpo.data.logs import ConversationError
+    from sdpo.distributed import LaunchError
     from sdpo.feedback.personas import UnknownPersonaError
     from sdpo.feedback.simulators import MissingAPIKeyError, SimulatorAPIError
     from sdpo.models import ModelLoadError
     from sdpo.signal import SignalInputError
     from sdpo.templates import TemplateError
 
-    return isinstance(err, (CasesError, RecordError, DataFileError, MissingAPIKeyError, SimulatorAPIError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError))
+    return isinstance(err, (CasesError, RecordError, DataFileError, MissingAPIKeyError, SimulatorAPIError, ConversationError, UnknownPersonaError, ModelLoadError, SignalInputError, TemplateError, FileNotFoundError,
+                            LaunchError))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,10 @@ import os
 import torch
 
 
+class LaunchError(RuntimeError):
+    """The launch configuration cannot work (reported as a one-line CLI error)."""
+
+
 def sharded_launch() -> bool:
     """Whether this process was launched for DeepSpeed or FSDP by ``accelerate launch``."""
     return any(os.environ.get(k, "false").lower() == "true" for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
@@ -35,7 +39,7 @@ def check_world(accelerator) -> None:
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
-        raise RuntimeError(
+        raise LaunchError(
             f"launched as {launched} processes but accelerate sees a world of 1 "
             f"({'DeepSpeed/FSDP need GPUs' if sharded_launch() else 'no process group was formed'}); "
             "on a CPU-only machine use the plain multi-process launch (DDP over gloo)"
@@ -58,7 +62,7 @@ def fill_deepspeed_config(accelerator, *, micro_batch: int, grad_accum: int, max
         if current == "auto":
             config[key] = value
         elif current != value:
-            raise ValueError(f"DeepSpeed config sets {key}={current!r} but the trainer uses {value!r}; "
+            raise LaunchError(f"DeepSpeed config sets {key}={current!r} but the trainer uses {value!r}; "
                              f"set it to 'auto' or make them agree")
     config["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes
     consolidate_zero3_saves(accelerator)
