@@ -41,6 +41,12 @@ PartialState._prepare_backend = _prepare_backend
 PartialState.set_device = _set_device
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].endswith(".py"):  # a script (e.g. an example) instead of the CLI
+        import runpy
+
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        sys.exit(0)
     from sdpo.cli import main
 
     sys.exit(main(sys.argv[1:]))

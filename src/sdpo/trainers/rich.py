@@ -451,6 +451,17 @@ class SDPOTrainer(TRLSDPOTrainer):
             peft_config=peft_config,
         )
         self.teacher_context_builder = FeedbackTeacherContextBuilder(self)
+        from sdpo.distributed import consolidate_zero3_saves
+
+        consolidate_zero3_saves(self.accelerator)  # saved models load with from_pretrained under ZeRO-3 too
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """Under FSDP with sharded checkpoints, the model saved by hand is one loadable file."""
+        if not _internal_call:
+            from sdpo.distributed import full_state_dict_for_final_save
+
+            full_state_dict_for_final_save(self.accelerator)
+        return super().save_model(output_dir, _internal_call=_internal_call)
 
     # The teacher for a non-PEFT student: TRL reloads it from the model's path; a
     # deep copy also works for models that have no path (built in memory, GGUF).
