@@ -231,3 +231,23 @@ def test_metrics_go_to_trackio_by_default(prompts_file, tmp_path):
     assert sorted(logged) == [1, 2]
     saved = [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").read_text().splitlines()]
     assert logged[2]["signal_abs_mean"] == pytest.approx(saved[1]["signal_abs_mean"])
+
+
+def test_eos_signal_is_logged_and_can_be_left_out_of_the_loss(prompts_file, tmp_path, monkeypatch):
+    import sdpo.trainers.online as online
+
+    def fixed_generate(model, tokenizer, contexts, **kwargs):  # two responses that end, one that does not
+        eos = tokenizer.eos_token_id
+        rows = [[300, 301, eos], [302, eos], [303, 304, 305]][: len(contexts)]
+        return rows, [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+
+    monkeypatch.setattr(online, "generate", fixed_generate)
+    for mask, expected_tokens in (("false", 8), ("true", 6)):
+        out = tmp_path / mask
+        args = _args(prompts_file, out, "--max_steps", "1", "--per_device_train_batch_size", "3",
+                     "--summary_prompts", "0", "--mask_eos_advantage", mask, "--report_to", "none")
+        assert main(args) == 0
+        metrics = json.loads((out / "metrics.jsonl").read_text())
+        assert metrics["ended_fraction"] == pytest.approx(2 / 3)
+        assert metrics["eos_signal_mean"] != 0.0
+        assert metrics["response_tokens"] == expected_tokens  # tokens that carry an advantage in the loss

@@ -79,6 +79,9 @@ class OnlineSDPOConfig:
     advantage_clip: float | None = field(default=None, metadata={"help": "clip advantages to [-c, c]"})
     ppo_clip: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
     ignore_first_tokens: int = field(default=0, metadata={"help": "response tokens left out of the loss"})
+    mask_eos_advantage: bool = field(
+        default=False, metadata={"help": "leave the end-of-sequence token out of the loss (see RESULTS.md: on small "
+                                         "models the hindsight teacher is biased against stopping)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
@@ -285,6 +288,12 @@ class OnlineSDPOTrainer:
                                                   student_grad=True)
             timings["time/score"] = time.perf_counter() - t2
             t3 = time.perf_counter()
+            eos_signal = [float(q[-1] - s[-1]) for s, q, r in zip(student, teacher, responses)
+                          if r and r[-1] == tok.eos_token_id]
+            if cfg.mask_eos_advantage:
+                ended = [bool(r) and r[-1] == tok.eos_token_id for r in responses]
+                student = [s[:-1] if e else s for s, e in zip(student, ended)]
+                teacher = [q[:-1] if e else q for q, e in zip(teacher, ended)]
             loss, stats = advantage_pg_loss(
                 student, teacher, ignore_first=cfg.ignore_first_tokens, centering=cfg.advantage_centering,
                 clip=cfg.advantage_clip, old=[s.detach() for s in student], ppo_clip=cfg.ppo_clip,
@@ -302,6 +311,9 @@ class OnlineSDPOTrainer:
             "loss": loss.item(),
             **stats,
             "response_tokens_mean": sum(len(r) for r in responses) / len(responses),
+            # the teacher's view of stopping: mean signal at the EOS of responses that ended (0 if none did)
+            "eos_signal_mean": sum(eos_signal) / len(eos_signal) if eos_signal else 0.0,
+            "ended_fraction": len(eos_signal) / len(responses),
             "followup_words_mean": sum(len(o.split()) for o in followups) / len(followups),
             "persona_rule_score": sum(rule_score(cfg.style, t) for t in texts) / len(texts),
             **timings,
