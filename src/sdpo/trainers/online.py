@@ -288,7 +288,7 @@ class OnlineSDPOTrainer:
                                                   student_grad=True)
             timings["time/score"] = time.perf_counter() - t2
             t3 = time.perf_counter()
-            eos_signal = [float(q[-1] - s[-1]) for s, q, r in zip(student, teacher, responses)
+            eos_signal = [float(q[-1] - s[-1].detach()) for s, q, r in zip(student, teacher, responses)
                           if r and r[-1] == tok.eos_token_id]
             if cfg.mask_eos_advantage:
                 ended = [bool(r) and r[-1] == tok.eos_token_id for r in responses]
