@@ -64,3 +64,16 @@ def max_weight_diff(a_dir, b_dir) -> float:
     shared = set(a) & set(b)
     assert "model.embed_tokens.weight" in shared and all(a[k].shape == b[k].shape for k in shared)
     return max((a[k] - b[k]).abs().max().item() for k in shared)
+
+
+def launch_two_processes(launcher_args, command, port):
+    """``accelerate launch`` with 2 processes, float32, the given launcher flags; must succeed."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           *command]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done

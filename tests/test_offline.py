@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdpo.cli import main
-from tests.conftest import SHARDED_LAUNCH, SHARDED_SCRIPT, max_weight_diff
+from tests.conftest import SHARDED_LAUNCH, SHARDED_SCRIPT, launch_two_processes, max_weight_diff
 from sdpo.data.interactions import write_interactions
 from sdpo.data.logs import extract, sample_path
 from sdpo.losses import advantage_pg_loss
@@ -131,13 +131,7 @@ def test_killed_run_resumes_to_the_same_weights(records_file, tmp_path):
 def _launch(launcher_args, records_file, tiny_dir, out, port, script=("-m", "sdpo.cli")):
     args = _args(records_file, out, "--max_steps", "2", "--save_steps", "2")
     args[args.index("--model_name_or_path") + 1] = str(tiny_dir)
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        *script, *args,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = launch_two_processes(launcher_args, [*script, *args], port)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     # 24 records / (2 per device x 2 processes) = 6 batches = 3 optimizer steps (GA 2) per epoch;
     # a lone process would have made 6 steps per epoch (epoch 1/3 after 2 steps)

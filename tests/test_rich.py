@@ -236,24 +236,16 @@ def test_reward_function_errors_are_clear(tok, tmp_path):
 def test_trainer_under_ddp_zero3_and_fsdp2_trains_the_same_model(tiny_dir, tmp_path):
     """Two processes (gloo), EMA teacher: DDP, ZeRO-3 (partitioned load) and FSDP2 (sharded checkpoints)
     end with the same weights, and the saved model is one loadable file in every mode."""
-    import os
-    import subprocess
-    import sys
-
     import deepspeed  # noqa: F401  (a dev dependency: the test must not silently skip)
 
-    from tests.conftest import ROOT, SHARDED_LAUNCH, SHARDED_SCRIPT, max_weight_diff
+    from tests.conftest import ROOT, SHARDED_LAUNCH, SHARDED_SCRIPT, launch_two_processes, max_weight_diff
 
     outs = {}
     modes = (("ddp", ["--multi_gpu"]), ("zero3", SHARDED_LAUNCH["zero3"]), ("fsdp2", SHARDED_LAUNCH["fsdp2"]))
     for port, (mode, launcher) in enumerate(modes):
         outs[mode] = tmp_path / mode
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(29630 + port), SHARDED_SCRIPT, str(ROOT / "tests" / "rich_sharded_run.py"),
-               str(tiny_dir), str(outs[mode]), "ema"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
-        assert done.returncode == 0, done.stderr[-4000:]
+        done = launch_two_processes(launcher, [SHARDED_SCRIPT, str(ROOT / "tests" / "rich_sharded_run.py"),
+                                               str(tiny_dir), str(outs[mode]), "ema"], 29630 + port)
         assert "rank 0/2 finished" in done.stdout and "rank 1/2 finished" in done.stdout
     assert max_weight_diff(outs["ddp"], tiny_dir) > 1e-4  # it trained
     assert max_weight_diff(outs["zero3"], outs["ddp"]) <= 5e-5

@@ -288,10 +288,10 @@ class OnlineSDPOTrainer:
                                                   student_grad=True)
             timings["time/score"] = time.perf_counter() - t2
             t3 = time.perf_counter()
-            eos_signal = [float(q[-1] - s[-1].detach()) for s, q, r in zip(student, teacher, responses)
-                          if r and r[-1] == tok.eos_token_id]
+            ended = [bool(r) and r[-1] == tok.eos_token_id for r in responses]
+            eos_signal = (torch.stack([q[-1] - s[-1].detach() for s, q, e in zip(student, teacher, ended) if e])
+                          .tolist() if any(ended) else [])  # one device sync, not one per sequence
             if cfg.mask_eos_advantage:
-                ended = [bool(r) and r[-1] == tok.eos_token_id for r in responses]
                 student = [s[:-1] if e else s for s, e in zip(student, ended)]
                 teacher = [q[:-1] if e else q for q, e in zip(teacher, ended)]
             loss, stats = advantage_pg_loss(
