@@ -1,10 +1,14 @@
 """Online SDPO step: where the time goes, and the batched local simulator vs one-at-a-time.
 
 1. Simulator: the same local user simulator (the embedded model, temperature 0.7,
-   ``--sim-tokens`` new tokens) answers the same N (prompt, response) pairs, batched
-   (one ``generate`` for all) and one request at a time, side by side in one process,
-   seeds fixed, order alternating, for each N in ``--batch``. Printed: follow-ups per
-   second for both and the ratio, one JSON line per N.
+   ``--sim-tokens`` new tokens, default 128 like the simulator) answers the same N
+   (prompt, response) pairs three ways, side by side in one process, seeds fixed, order
+   rotating: ``batched`` (ours: one batch, finished rows dropped as decoding goes,
+   ``sdpo.generation.sample_compacting``), ``batched_generate`` (one ``model.generate``
+   for the batch) and ``one_at_a_time`` (one ``model.generate`` per pair);
+   ``--continuous-batching`` adds transformers' ``model.generate_batch``. Printed, one
+   JSON line per N in ``--batch``: follow-ups per second for each, the ratios, and the
+   mean follow-up length.
 2. Step split (skip with ``--steps 0``): a few ``sdpo train-online`` steps with that
    simulator; the mean generate / simulate / score / update seconds per step.
 
@@ -35,6 +39,7 @@ from shapes import QWEN3, random_qwen3  # noqa: E402
 from sdpo.data.prompt_sources import load_prompt_rows, prepare_tldr
 from sdpo.data.prompts import write_prompts
 from sdpo.feedback.simulators import StyleUserSimulator
+from sdpo.generation import hf_generate
 from sdpo.models import load_model, load_tokenizer
 from sdpo.trainers.online import OnlineSDPOConfig, OnlineSDPOTrainer, generate
 from sdpo.templates import get_template, render_context
@@ -45,8 +50,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
-    parser.add_argument("--sim-tokens", type=int, default=64)
+    parser.add_argument("--sim-tokens", type=int, default=128)  # the local simulator's default
     parser.add_argument("--response-tokens", type=int, default=64)
+    parser.add_argument("--continuous-batching", action="store_true",
+                        help="also time transformers' model.generate_batch")
     parser.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", *QWEN3])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
@@ -73,25 +80,47 @@ def _simulator_row(args, prompts, model, tok, template) -> dict:
     sim = StyleUserSimulator("concise_casual_beginner", model=model, tokenizer=tok,
                              max_new_tokens=args.sim_tokens, batch_size=len(prompts))
     texts = [p.text for p in prompts]
-    times = {"batched": [], "one_at_a_time": []}
+    samplers = {"batched": None, "batched_generate": hf_generate, "one_at_a_time": hf_generate}
+    if args.continuous_batching:
+        samplers["continuous_batching"] = _continuous_batching
+    times = {method: [] for method in samplers}
+    order = list(samplers)
     for r in range(args.repeats + 1):  # first round is warm-up
-        for method in (("batched", "one_at_a_time") if r % 2 == 0 else ("one_at_a_time", "batched")):
+        for method in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
             torch.manual_seed(r)
             start = time.perf_counter()
-            if method == "batched":
-                sim.followups(texts, responses)
-            else:
-                sim.followups_one_at_a_time(texts, responses)
+            got = sim.followups_with(texts, responses, sampler=samplers[method],
+                                     batch_size=1 if method == "one_at_a_time" else len(texts))
             if r:
                 times[method].append(time.perf_counter() - start)
+            if method == "batched":
+                replies = got
     row = {"benchmark": "local_simulator", "model": args.model, "device": args.device, "dtype": args.dtype,
            "pairs": len(texts),
            "sim_max_new_tokens": args.sim_tokens}
     for method, values in times.items():
         row[f"{method}_followups_per_s"] = round(len(texts) / statistics.median(values), 3)
     row["speedup"] = round(row["batched_followups_per_s"] / row["one_at_a_time_followups_per_s"], 3)
+    row["speedup_vs_batched_generate"] = round(
+        row["batched_followups_per_s"] / row["batched_generate_followups_per_s"], 3)
+    lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies]  # last batched round
+    row["followup_tokens_mean"] = round(statistics.mean(lengths), 1)
+    row["followups_at_cap"] = round(sum(n >= args.sim_tokens - 1 for n in lengths) / len(lengths), 2)
     row.update(threads=torch.get_num_threads(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
     return row
+
+
+def _continuous_batching(model, tok, contexts, *, max_new_tokens, temperature):
+    """transformers' continuous batching (``model.generate_batch``), same sampling settings."""
+    from transformers import GenerationConfig
+
+    from sdpo.generation import eos_ids
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                              temperature=temperature if temperature > 0 else None, top_k=None, top_p=None,
+                              eos_token_id=eos_ids(model, tok), pad_token_id=tok.pad_token_id)
+    out = model.generate_batch([list(c) for c in contexts], generation_config=config, warmup=False)
+    return [list(out[key].generated_tokens) for key in sorted(out, key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
 def _step_row(args, train, model, tok) -> dict:

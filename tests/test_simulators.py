@@ -54,7 +54,6 @@ def test_local_simulator_batched_generation(tiny):
     prompts = [f"question {i}" for i in range(5)]
     replies = sim.followups(prompts, ["answer 🎉"] * 5)
     assert len(replies) == 5 and all(isinstance(r, str) and r for r in replies)
-    assert "no_emojis" in repr(sim) or True
 
 
 class FakeLLMServer:

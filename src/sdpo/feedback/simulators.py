@@ -177,13 +177,15 @@ class RuleUserSimulator(UserSimulator):
 
 @dataclass
 class StyleUserSimulator(UserSimulator):
-    """A local model plays the user; one batched ``generate`` per call."""
+    """A local model plays the user; batched sampling that drops rows as their replies end
+    (:func:`sdpo.generation.sample_compacting`), ``batch_size`` rows at a time."""
 
     model: object = None
     tokenizer: object = None
     temperature: float = 0.7
     max_new_tokens: int = 128
     batch_size: int = 16
+    sampler: object = None  # None: sdpo.generation.sample_compacting; any function with its signature
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,45 +195,36 @@ class StyleUserSimulator(UserSimulator):
             self.model, self.tokenizer = load_model(self.model or "smollm2-135m")
 
     def _followups(self, prompts, responses):
-        import torch
-
+        from sdpo.generation import sample_compacting
         from sdpo.templates import render_context
 
+        sampler = self.sampler or sample_compacting
         tok = self.tokenizer
         out: list[str] = []
-        device = next(self.model.parameters()).device
         for start in range(0, len(prompts), self.batch_size):
             contexts = [
                 render_context(tok, [{"role": "user", "content": self.prompt_for(p, r)}])
                 for p, r in zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
             ]
-            width = max(map(len, contexts))
-            ids = torch.full((len(contexts), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, c in enumerate(contexts):  # left padding for generation
-                ids[i, width - len(c) :] = torch.tensor(c)
-                mask[i, width - len(c) :] = 1
-            with torch.no_grad():
-                gen = self.model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    do_sample=self.temperature > 0,
-                    temperature=self.temperature if self.temperature > 0 else None,
-                    top_p=None,
-                    top_k=None,
-                    max_new_tokens=self.max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                )
-            out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            new = sampler(self.model, tok, contexts, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+            out += tok.batch_decode(new, skip_special_tokens=True)
         return out
 
-    def followups_one_at_a_time(self, prompts, responses) -> list[str]:
-        """The unbatched baseline (one generate per item), for benchmarks."""
-        saved, self.batch_size = self.batch_size, 1
+    def followups_with(self, prompts, responses, *, sampler, batch_size: int | None = None) -> list[str]:
+        """Follow-ups through another sampler (e.g. :func:`sdpo.generation.hf_generate`) or batch size:
+        the baselines of ``benchmarks/bench_online_step.py``."""
+        saved = self.batch_size, self.sampler
+        self.batch_size, self.sampler = batch_size or self.batch_size, sampler
         try:
             return self.followups(prompts, responses)
         finally:
-            self.batch_size = saved
+            self.batch_size, self.sampler = saved
+
+    def followups_one_at_a_time(self, prompts, responses) -> list[str]:
+        """The unbatched baseline (one ``model.generate`` per item), for benchmarks."""
+        from sdpo.generation import hf_generate
+
+        return self.followups_with(prompts, responses, sampler=hf_generate, batch_size=1)
 
 
 # --------------------------------------------------------------------------- API simulators

@@ -150,20 +150,11 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
     return cls(cfg.style, **kwargs)
 
 
-def _left_pad(seqs, pad_id):
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-@torch.no_grad()
 def generate(model, tokenizer, contexts, *, max_new_tokens, temperature, device):
     """Sampled (temperature > 0) or greedy responses; returns token ids (EOS kept) and texts."""
-    ids, mask = _left_pad(contexts, tokenizer.pad_token_id)
+    from sdpo.generation import left_pad
+
+    ids, mask = left_pad(contexts, tokenizer.pad_token_id)
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
