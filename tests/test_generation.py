@@ -1,17 +1,11 @@
-"""The compacting sampler against ``model.generate`` (float64 model, so batch shape changes cannot flip a token)."""
+"""Batched generation for the local simulator: rows end at the model's EOS ids, padding is harmless."""
 
 import copy
 
 import pytest
-import torch
 
-from sdpo.generation import _plain_cache, hf_generate, sample_compacting
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny):
-    model, tok = tiny
-    return copy.deepcopy(model).double(), tok
+from sdpo.feedback.simulators import StyleUserSimulator
+from sdpo.generation import eos_ids, hf_generate, left_pad
 
 
 def _contexts(tok):
@@ -19,45 +13,49 @@ def _contexts(tok):
     return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def test_greedy_equals_generate_while_rows_finish_early(tiny64):
-    model, tok = tiny64
-    assert _plain_cache(model) is not None  # the compacting loop runs, not the fallback
+def test_left_pad_puts_padding_first():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_rows_are_cut_at_the_generation_config_eos(tiny):
+    model, tok = tiny
     contexts = _contexts(tok)
     plain = hf_generate(model, tok, contexts, max_new_tokens=12, temperature=0)
-    # make a token that some rows emit early the end-of-sequence token, so rows end at different steps
-    stop = plain[0][2]
+    stop = plain[0][2]  # a token row 0 emits early becomes an end-of-reply id
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = stop
     try:
-        expected = hf_generate(model, tok, contexts, max_new_tokens=12, temperature=0)
-        got = sample_compacting(model, tok, contexts, max_new_tokens=12, temperature=0, compact_every=1)
+        assert set(eos_ids(model, tok)) == {stop, tok.eos_token_id}
+        cut = hf_generate(model, tok, contexts, max_new_tokens=12, temperature=0)
     finally:
         model.generation_config.eos_token_id = saved
-    lengths = sorted(len(r) for r in expected)
-    assert lengths[0] < 12 and lengths[-1] == 12, lengths  # some rows finished early, some ran to the cap
-    assert expected[0][-1] == stop
-    assert got == expected
+    assert cut[0] == plain[0][: plain[0].index(stop) + 1]
+    for row, full in zip(cut, plain):  # greedy: each row is a prefix of the uncut one, ending at EOS or the cap
+        assert full[: len(row)] == row
+        assert row[-1] == stop or len(row) == 12
 
 
-def test_sampling_consumes_randomness_like_generate(tiny64):
-    model, tok = tiny64
+def test_batched_rows_equal_one_at_a_time_greedy(tiny):
+    model, tok = tiny
+    model = copy.deepcopy(model).double()  # float64: padding cannot flip a near-tie
     contexts = _contexts(tok)
-    torch.manual_seed(3)
-    expected = hf_generate(model, tok, contexts, max_new_tokens=10, temperature=0.7)
-    torch.manual_seed(3)
-    got = sample_compacting(model, tok, contexts, max_new_tokens=10, temperature=0.7)
-    assert got == expected  # no row ended, so nothing was compacted: same draws, same tokens
-    torch.manual_seed(4)
-    other = sample_compacting(model, tok, contexts, max_new_tokens=10, temperature=0.7)
-    assert other != got
+    batched = hf_generate(model, tok, contexts, max_new_tokens=6, temperature=0)
+    single = [hf_generate(model, tok, [c], max_new_tokens=6, temperature=0)[0] for c in contexts]
+    assert batched == single
 
 
-def test_models_without_a_plain_cache_fall_back_to_generate(monkeypatch, tiny64):
-    import sdpo.generation as generation
-
-    model, tok = tiny64
+def test_simulator_uses_the_given_sampler_and_batch_size(tiny):
+    model, tok = tiny
     calls = []
-    monkeypatch.setattr(generation, "_plain_cache", lambda m: None)
-    monkeypatch.setattr(generation, "hf_generate", lambda *a, **k: calls.append(k) or [[1]])
-    assert sample_compacting(model, tok, _contexts(tok), max_new_tokens=3, temperature=0) == [[1]]
-    assert calls == [{"max_new_tokens": 3, "temperature": 0}]
+
+    def sampler(m, t, contexts, *, max_new_tokens, temperature):
+        calls.append((len(contexts), max_new_tokens, temperature))
+        return [t("fine", add_special_tokens=False)["input_ids"]] * len(contexts)
+
+    sim = StyleUserSimulator("no_emojis", model=model, tokenizer=tok, max_new_tokens=9, batch_size=2)
+    replies = sim.followups_with(["a", "b", "c"], ["x", "y", "z"], sampler=sampler)
+    assert replies == ["fine"] * 3 and calls == [(2, 9, pytest.approx(0.7)), (1, 9, pytest.approx(0.7))]
+    calls.clear()
+    sim.followups_with(["a", "b", "c"], ["x", "y", "z"], sampler=sampler, batch_size=1)
+    assert [c[0] for c in calls] == [1, 1, 1] and sim.batch_size == 2 and sim.sampler is None

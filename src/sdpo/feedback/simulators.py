@@ -177,15 +177,14 @@ class RuleUserSimulator(UserSimulator):
 
 @dataclass
 class StyleUserSimulator(UserSimulator):
-    """A local model plays the user; batched sampling that drops rows as their replies end
-    (:func:`sdpo.generation.sample_compacting`), ``batch_size`` rows at a time."""
+    """A local model plays the user; one batched ``generate`` per ``batch_size`` pairs."""
 
     model: object = None
     tokenizer: object = None
     temperature: float = 0.7
     max_new_tokens: int = 128
     batch_size: int = 16
-    sampler: object = None  # None: sdpo.generation.sample_compacting; any function with its signature
+    sampler: object = None  # None: sdpo.generation.hf_generate; any function with its signature
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,10 +194,10 @@ class StyleUserSimulator(UserSimulator):
             self.model, self.tokenizer = load_model(self.model or "smollm2-135m")
 
     def _followups(self, prompts, responses):
-        from sdpo.generation import sample_compacting
+        from sdpo.generation import hf_generate
         from sdpo.templates import render_context
 
-        sampler = self.sampler or sample_compacting
+        sampler = self.sampler or hf_generate
         tok = self.tokenizer
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -211,8 +210,8 @@ class StyleUserSimulator(UserSimulator):
         return out
 
     def followups_with(self, prompts, responses, *, sampler, batch_size: int | None = None) -> list[str]:
-        """Follow-ups through another sampler (e.g. :func:`sdpo.generation.hf_generate`) or batch size:
-        the baselines of ``benchmarks/bench_online_step.py``."""
+        """Follow-ups through another sampler (``sampler(model, tokenizer, contexts, *, max_new_tokens,
+        temperature)`` -> new token ids per row) or batch size: the baselines of the benchmarks."""
         saved = self.batch_size, self.sampler
         self.batch_size, self.sampler = batch_size or self.batch_size, sampler
         try:
@@ -222,9 +221,7 @@ class StyleUserSimulator(UserSimulator):
 
     def followups_one_at_a_time(self, prompts, responses) -> list[str]:
         """The unbatched baseline (one ``model.generate`` per item), for benchmarks."""
-        from sdpo.generation import hf_generate
-
-        return self.followups_with(prompts, responses, sampler=hf_generate, batch_size=1)
+        return self.followups_with(prompts, responses, sampler=self.sampler, batch_size=1)
 
 
 # --------------------------------------------------------------------------- API simulators
