@@ -245,3 +245,29 @@ def test_eos_signal_is_logged_and_can_be_left_out_of_the_loss(prompts_file, tmp_
         assert metrics["ended_fraction"] == pytest.approx(2 / 3)
         assert metrics["eos_signal_mean"] != 0.0
         assert metrics["response_tokens"] == expected_tokens  # tokens that carry an advantage in the loss
+
+
+def test_one_rollout_pass_per_optimizer_step(prompts_file, tmp_path, monkeypatch):
+    """With gradient accumulation, the policy and the simulator see the whole step's prompts at once;
+    the micro-batches still cover the data exactly once."""
+    import sdpo.trainers.online as online
+    from sdpo.data.prompts import load_prompts
+    from sdpo.feedback.simulators import RuleUserSimulator
+
+    real_generate, real_followups = online.generate, RuleUserSimulator._followups
+    for extra, expected_rows in (((), [4, 4]), (("--generation_batch_size", "3"), [3, 1, 3, 1])):
+        rows, simulated = [], []
+        monkeypatch.setattr(online, "generate", lambda m, t, c, **k: rows.append(len(c)) or real_generate(m, t, c, **k))
+        monkeypatch.setattr(RuleUserSimulator, "_followups",
+                            lambda self, p, r: simulated.append(list(p)) or real_followups(self, p, r))
+        out = tmp_path / f"run{len(extra)}"
+        args = _args(prompts_file, out, "--max_steps", "2", "--gradient_accumulation_steps", "2",
+                     "--summary_prompts", "0", "--report_to", "none", *extra)
+        assert main(args) == 0
+        assert rows == expected_rows
+        assert [len(p) for p in simulated] == [4, 4]  # one simulator call per optimizer step
+        # 8 prompts, 2 per micro-step, 4 micro-steps: each prompt exactly once
+        assert sorted(p for call in simulated for p in call) == sorted(p.text for p in load_prompts(prompts_file))
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(m["time/generate"] > 0 and m["time/step"] >= m["time/generate"] + m["time/update"]
+                   for m in metrics)

@@ -73,6 +73,10 @@ class OnlineSDPOConfig:
     learning_rate: float = field(default=5e-6, metadata={"help": "constant learning rate"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "prompts per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "rows per policy generate call; default all the optimizer step's prompts "
+                                        "(per_device_train_batch_size x gradient_accumulation_steps), sampled "
+                                        "and simulated together"})
     max_steps: int | None = field(default=None, metadata={"help": "default: one pass over the prompts"})
     save_steps: int = field(default=3, metadata={"help": "checkpoint every N steps (and at the end)"})
     advantage_centering: str = field(default="none", metadata={"help": "none or sequence"})
@@ -111,6 +115,8 @@ class OnlineSDPOConfig:
             raise ValueError(f"report_to must be trackio, wandb or none, got {self.report_to!r}")
         if self.save_steps < 1:
             raise ValueError("save_steps must be >= 1")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ValueError("generation_batch_size must be >= 1")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
 
@@ -252,22 +258,46 @@ class OnlineSDPOTrainer:
         return cache[epoch]
 
     # ------------------------------------------------------------------ one step
-    def _micro_step(self) -> dict:
+    def _rollouts(self) -> tuple[list[dict], dict]:
+        """Responses and follow-ups for every micro-batch of the coming optimizer step, made together.
+
+        The weights cannot change inside a gradient-accumulation window (the optimizer steps at its
+        end), so sampling all ``gradient_accumulation_steps`` micro-batches up front is the same
+        on-policy data as sampling before each, and the policy and the simulator see
+        ``per_device_train_batch_size x gradient_accumulation_steps`` rows per call instead of one
+        micro-batch (batched simulation is what makes a local user fast; see
+        ``benchmarks/RESULTS.md``). ``generation_batch_size`` caps the rows per ``generate`` call.
+        """
         cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
-        batch = self._batch(self.micro)
-        timings = {}
+        batches = [self._batch(self.micro + i) for i in range(cfg.gradient_accumulation_steps)]
+        prompts = [p for b in batches for p in b]
         t0 = time.perf_counter()
-        student_msgs = [self.template.student_messages(p.messages) for p in batch]
-        contexts = [truncate_left(render_context(tok, m), cfg.max_context_tokens)[0] for m in student_msgs]
+        contexts = [truncate_left(render_context(tok, self.template.student_messages(p.messages)),
+                                  cfg.max_context_tokens)[0] for p in prompts]
+        rows = cfg.generation_batch_size or len(contexts)
+        responses, texts = [], []
         with policy_for_generation(self.model, acc) as policy:
-            responses, texts = generate(policy, tok, contexts, max_new_tokens=cfg.max_new_tokens,
-                                        temperature=cfg.temperature, device=acc.device)
-        timings["time/generate"] = time.perf_counter() - t0
-
+            for start in range(0, len(contexts), rows):  # same row count on every rank (lockstep under ZeRO-3)
+                r, t = generate(policy, tok, contexts[start : start + rows], max_new_tokens=cfg.max_new_tokens,
+                                temperature=cfg.temperature, device=acc.device)
+                responses += r
+                texts += t
         t1 = time.perf_counter()
-        followups = self.simulator.followups([p.text for p in batch], texts)
-        timings["time/simulate"] = time.perf_counter() - t1
+        followups = self.simulator.followups([p.text for p in prompts], texts)
+        timings = {"time/generate": t1 - t0, "time/simulate": time.perf_counter() - t1}
+        per = cfg.per_device_train_batch_size
+        return [
+            {key: values[i * per : (i + 1) * per]
+             for key, values in (("batch", prompts), ("contexts", contexts), ("responses", responses),
+                                 ("texts", texts), ("followups", followups))}
+            for i in range(len(batches))
+        ], timings
 
+    def _micro_step(self, rollout: dict) -> dict:
+        cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
+        batch, contexts, responses = rollout["batch"], rollout["contexts"], rollout["responses"]
+        texts, followups = rollout["texts"], rollout["followups"]
+        timings = {}
         t2 = time.perf_counter()
         encoded = []
         for p, ctx, resp, o in zip(batch, contexts, responses, followups):
@@ -373,11 +403,15 @@ class OnlineSDPOTrainer:
         while self.step < self.max_steps:
             started = time.perf_counter()
             micro_metrics = []
-            for _ in range(cfg.gradient_accumulation_steps):
-                micro_metrics.append(self._micro_step())
+            rollouts, timings = self._rollouts()
+            for rollout in rollouts:
+                micro_metrics.append(self._micro_step(rollout))
                 self.micro += 1
             self.step += 1
-            metrics = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
+            # means over micro-steps; times are totals for the optimizer step
+            metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
+                       for k in micro_metrics[0]}
+            metrics.update(timings)
             metrics.update(self.simulator.stats.as_metrics())
             metrics["time/step"] = time.perf_counter() - started
             metrics = self._mean_over_ranks(metrics)
