@@ -36,11 +36,13 @@ def left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def hf_generate(model, tokenizer, contexts, *, max_new_tokens: int, temperature: float) -> list[list[int]]:
-    """``model.generate`` on left-padded contexts; new tokens per row, cut after the first EOS."""
-    device = next(model.parameters()).device
+def hf_generate(model, tokenizer, contexts, *, max_new_tokens: int, temperature: float, device=None,
+                eos: list[int] | None = None) -> list[list[int]]:
+    """``model.generate`` on left-padded contexts; new tokens per row, cut after the first EOS
+    (``eos``: default :func:`eos_ids`; ``device``: default the model's)."""
+    device = device if device is not None else next(model.parameters()).device
     ids, mask = left_pad(contexts, tokenizer.pad_token_id)
-    eos = eos_ids(model, tokenizer)
+    eos = eos if eos is not None else eos_ids(model, tokenizer)
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),

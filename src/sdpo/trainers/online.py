@@ -157,29 +157,12 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
 
 
 def generate(model, tokenizer, contexts, *, max_new_tokens, temperature, device):
-    """Sampled (temperature > 0) or greedy responses; returns token ids (EOS kept) and texts."""
-    from sdpo.generation import left_pad
+    """Sampled (temperature > 0) or greedy responses; returns token ids (EOS kept) and texts.
+    Responses end at the tokenizer's EOS only: the loss and the EOS metrics look for that id."""
+    from sdpo.generation import hf_generate
 
-    ids, mask = left_pad(contexts, tokenizer.pad_token_id)
-    out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_p=None,
-        top_k=None,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )[:, ids.shape[1] :].tolist()
-    responses = []
-    for row in out:
-        cut = []
-        for t in row:
-            cut.append(t)
-            if t == tokenizer.eos_token_id:
-                break
-        responses.append(cut)
+    responses = hf_generate(model, tokenizer, contexts, max_new_tokens=max_new_tokens, temperature=temperature,
+                            device=device, eos=[tokenizer.eos_token_id])
     texts = [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
     return responses, texts
 
