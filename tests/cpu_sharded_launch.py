@@ -46,6 +46,9 @@ if __name__ == "__main__":
 
         sys.argv = sys.argv[1:]
         runpy.run_path(sys.argv[0], run_name="__main__")
+        from sdpo.distributed import leave_process_group
+
+        leave_process_group()  # as the CLI does; a script's rank must not exit while another still saves
         sys.exit(0)
     from sdpo.cli import main
 

@@ -42,3 +42,15 @@ def test_a_world_of_one_after_a_multi_process_launch_is_refused(monkeypatch):
 def test_plain_and_ddp_models_are_not_lockstep(tiny):
     model, _ = tiny
     assert not lockstep_forwards(model)
+
+
+def test_leave_process_group_ends_the_group(tmp_path):
+    import torch.distributed as dist
+
+    from sdpo.distributed import leave_process_group
+
+    leave_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    leave_process_group()
+    assert not dist.is_initialized()

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments, sub_run, summary = subcommands[sub]
         try:
             args = parse_command_args(name, arguments, rest, description=summary)
-            return int(sub_run(args) or 0)
+            return _finished(sub_run(args))
         except UsageError as err:
             print(f"sdpo {name} {sub}: error: {err}", file=sys.stderr)
             return 2
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = [f"--{positional}", rest[0], *rest[1:]]
     try:
         args = parse_command_args(name, module.ARGUMENTS, rest)
-        return int(run(args) or 0)
+        return _finished(run(args))
     except UsageError as err:
         print(f"sdpo {name}: error: {err}", file=sys.stderr)
         return 2
@@ -169,6 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sdpo {name}: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _finished(code) -> int:
+    """A command that ran to its end under a launcher leaves the process group together with the
+    other ranks (a rank that exits while another still saves can abort the whole launch)."""
+    from sdpo.distributed import leave_process_group
+
+    leave_process_group()
+    return int(code or 0)
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -153,3 +153,13 @@ def zero3_init_disabled():
         yield
     finally:
         hf_ds.set_hf_deepspeed_config(config)
+
+
+def leave_process_group() -> None:
+    """End of a distributed job: wait for every rank (rank 0 may still be writing the model), then
+    destroy the process group, so no rank exits with collective threads still running."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
