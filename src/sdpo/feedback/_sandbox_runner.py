@@ -1,83 +1,138 @@
-# Runs inside the sandbox process (python -I -S, a private temporary directory).
-# Standalone on purpose: only the standard library, no sdpo import.
+# The in-sandbox harness. Standalone on purpose: only the standard library, no sdpo
+# import; it is run as `python -I -S -c <this file's text>` (inside bubblewrap, in a
+# plain process, or on a remote code-execution server).
 #
-# argv: nonce. Reads solution.py and tests.json from the working directory, appends
-# one JSON line per event to results.jsonl (each prefixed with the nonce), and runs
-# every test with a per-test timer. Before the model's code runs, an audit hook
-# refuses process creation, network access, native-code loading and writes outside
-# the working directory.
-import io
+# Two processes, so that the model's code never shares an interpreter with the code
+# that reports results:
+#
+# - the harness (this process) reads the spec from stdin (code, entry point and the
+#   tests' arguments; never the expected outputs), forks a worker, makes itself
+#   non-dumpable (the worker cannot ptrace it or open its /proc files), and then only
+#   talks to the worker through a request pipe and a reply pipe. For each step
+#   (load, test 1, test 2, ...) it sends one request, waits for exactly one reply line
+#   with a deadline, and SIGKILLs the worker when the deadline passes. It attributes
+#   each reply to the request it made, parses it with its own (unpatched) json module
+#   and writes one event line to the results channel, a file descriptor the worker
+#   has closed before any model code runs.
+# - the worker sets its rlimits, installs the audit hook (a second layer under the
+#   OS sandbox), runs the model's code and the calls, and encodes return values as
+#   tagged plain data (the parent compares on the decoded plain values).
+#
+# Nothing the worker sends is trusted: the harness re-parses it, and the parent
+# re-parses and validates the harness's events again.
 import json
-import math
 import os
+import select
 import signal
 import sys
+from time import monotonic as os_time
 
-NONCE = sys.argv[1]
+PR_SET_DUMPABLE = 4
+WORKER_PID = 0
+MAX_DEPTH = 100
+
+
+def _read_spec():
+    chunks = []
+    while True:
+        block = os.read(0, 1 << 16)
+        if not block:
+            break
+        chunks.append(block)
+    os.close(0)
+    return json.loads(b"".join(chunks).decode("utf-8"))
+
+
+SPEC = _read_spec()
 WORKDIR = os.path.realpath(os.getcwd())
-SPEC = json.load(open("tests.json", encoding="utf-8"))
-SOURCE = open("solution.py", encoding="utf-8").read()
-_results = open("results.jsonl", "a", encoding="utf-8")
 
 
-def emit(**event):
-    _results.write(NONCE + json.dumps(event) + "\n")
-    _results.flush()
+# ---------------------------------------------------------------- worker side
+
+class NotPlain(Exception):
+    pass
 
 
-class CappedText(io.TextIOBase):
+def plain(value, depth=0):
+    """Tagged JSON-able form of a builtin value (subclasses reduced to their base type)."""
+    if depth > MAX_DEPTH:
+        raise NotPlain("nested too deeply")
+    if value is None or isinstance(value, bool):
+        return bool(value) if value is not None else None
+    if isinstance(value, int):
+        value = int.__int__(value)
+        return {"bigint": hex(value)} if value.bit_length() > 10000 else value
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, complex):
+        return {"complex": [value.real, value.imag]}
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    if isinstance(value, list):
+        return [plain(v, depth + 1) for v in list.__iter__(value)]
+    if isinstance(value, tuple):
+        return {"tuple": [plain(v, depth + 1) for v in tuple.__iter__(value)]}
+    if isinstance(value, dict):
+        return {"dict": [[plain(k, depth + 1), plain(v, depth + 1)] for k, v in dict.items(value)]}
+    if isinstance(value, frozenset):
+        return {"frozenset": [plain(v, depth + 1) for v in frozenset.__iter__(value)]}
+    if isinstance(value, set):
+        return {"set": [plain(v, depth + 1) for v in set.__iter__(value)]}
+    raise NotPlain(type(value).__name__)
+
+
+class CappedText:
     def __init__(self, cap):
         self.cap, self.parts, self.size = cap, [], 0
 
-    def writable(self):
-        return True
-
     def write(self, s):
+        s = str(s)
         room = self.cap - self.size
         if room > 0:
             self.parts.append(s[:room])
             self.size += min(len(s), room)
         return len(s)
 
+    def flush(self):
+        pass
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
     def text(self):
         return "".join(self.parts)
 
 
-def short(value, cap):
-    text = repr(value)
+def describe(exc):
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        message = "<unprintable>"
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def safe_repr(value, cap):
+    try:
+        text = repr(value)
+    except BaseException:  # noqa: BLE001
+        text = f"<{type(value).__name__} object>"
     return text if len(text) <= cap else text[: cap - 3] + "..."
 
 
-def same(got, expected, tol):
-    if isinstance(expected, float) or isinstance(got, float):
-        try:
-            return math.isclose(float(got), float(expected), rel_tol=tol, abs_tol=tol)
-        except (TypeError, ValueError):
-            return False
-    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)):
-        return len(got) == len(expected) and all(same(g, e, tol) for g, e in zip(got, expected))
-    return got == expected
-
-
 BLOCKED_EVENTS = {
-    "os.fork": "creating processes",
-    "os.forkpty": "creating processes",
-    "os.system": "running shell commands",
-    "os.exec": "running programs",
-    "os.posix_spawn": "running programs",
-    "os.spawn": "running programs",
-    "subprocess.Popen": "running programs",
-    "pty.spawn": "running programs",
-    "os.kill": "signalling processes",
-    "os.killpg": "signalling processes",
-    "socket.connect": "network access",
-    "socket.bind": "network access",
-    "socket.getaddrinfo": "network access",
-    "socket.gethostbyname": "network access",
-    "socket.sendto": "network access",
-    "ctypes.dlopen": "loading native code",
-    "ctypes.dlsym": "loading native code",
-    "sys.setrecursionlimit": None,  # allowed, listed for clarity
+    "os.fork": "creating processes", "os.forkpty": "creating processes", "os.system": "running shell commands",
+    "os.exec": "running programs", "os.posix_spawn": "running programs", "os.spawn": "running programs",
+    "subprocess.Popen": "running programs", "pty.spawn": "running programs",
+    "os.kill": "signalling processes", "os.killpg": "signalling processes",
+    "socket.connect": "network access", "socket.bind": "network access", "socket.getaddrinfo": "network access",
+    "socket.gethostbyname": "network access", "socket.sendto": "network access",
+    "ctypes.dlopen": "loading native code", "ctypes.dlsym": "loading native code",
 }
 BLOCKED_IMPORTS = {"_posixsubprocess", "ctypes", "_ctypes", "multiprocessing", "_multiprocessing"}
 WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
@@ -88,7 +143,9 @@ def inside(path):
     try:
         real = os.path.realpath(os.fspath(path))
     except TypeError:
-        return True  # file descriptors: only ones we already hold
+        return True  # file descriptors: only ones already held
+    if isinstance(real, bytes):
+        real = os.fsdecode(real)
     return real == WORKDIR or real.startswith(WORKDIR + os.sep)
 
 
@@ -105,7 +162,7 @@ def hook(event, args):
     if event == "open" and len(args) >= 2:
         path, mode = args[0], args[1]
         writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-        if isinstance(mode, int):  # os.open flags
+        if isinstance(mode, int):
             writing = bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
         if writing and path is not None and not inside(path):
             raise SandboxViolation(f"sandbox: writing outside the working directory is not allowed ({path})")
@@ -113,99 +170,269 @@ def hook(event, args):
         raise SandboxViolation(f"sandbox: changing files outside the working directory is not allowed ({event})")
 
 
-class TestTimeout(BaseException):
-    """BaseException so that `except Exception` in the model's code cannot swallow it."""
+def set_limits():
+    import resource
+
+    mb = 1024 * 1024
+    limits = [
+        (resource.RLIMIT_AS, SPEC["memory_mb"] * mb),
+        (resource.RLIMIT_CPU, SPEC["cpu_s"]),
+        (resource.RLIMIT_FSIZE, SPEC["max_file_mb"] * mb),
+        (resource.RLIMIT_NOFILE, SPEC["max_open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if SPEC.get("max_processes"):
+        limits.append((resource.RLIMIT_NPROC, SPEC["max_processes"]))
+    for which, value in limits:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            pass
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def on_alarm(signum, frame):
-    raise TestTimeout()
+def worker(req_fd, rep_fd):
+    requests = os.fdopen(req_fd, "rb", buffering=0)
+    replies = os.fdopen(rep_fd, "wb", buffering=0)
+
+    def reply(**message):
+        replies.write((json.dumps(message) + "\n").encode("utf-8"))
+
+    def next_request():
+        line = b""
+        while not line.endswith(b"\n"):
+            block = requests.read(1)
+            if not block:
+                os._exit(0)
+            line += block
+        return line.decode().strip()
+
+    if next_request() != "load":
+        os._exit(0)
+    set_limits()
+    cap = int(SPEC.get("max_repr_chars", 200))
+    out = CappedText(int(SPEC["max_output_chars"]))
+    sys.stdout = sys.stderr = out
+    sys.addaudithook(hook)
+    namespace = {"__name__": "solution"}
+    try:
+        code = compile(SPEC["code"], "solution.py", "exec")
+    except SyntaxError as exc:
+        reply(error=f"SyntaxError: {exc.msg} (line {exc.lineno})", stage="compile")
+        code = None
+    except BaseException as exc:  # noqa: BLE001 - e.g. ValueError for null bytes
+        reply(error=describe(exc), stage="compile")
+        code = None
+    func = None
+    if code is not None:
+        try:
+            exec(code, namespace)
+            func = namespace.get(SPEC["entry_point"])
+            if callable(func):
+                reply(loaded=True)
+            else:
+                reply(missing=True)
+        except BaseException as exc:  # noqa: BLE001 - everything becomes feedback
+            reply(error=describe(exc), stage="load")
+    while True:
+        request = next_request()
+        if request == "output":
+            reply(output=out.text())
+            continue
+        if not request.startswith("test ") or not callable(func):
+            os._exit(0)
+        args = SPEC["args"][int(request[5:]) - 1]
+        try:
+            got = func(*args)
+        except BaseException as exc:  # noqa: BLE001
+            reply(raised=describe(exc))
+            continue
+        try:
+            encoded = json.dumps({"ok": plain(got)})
+        except NotPlain as exc:
+            reply(not_plain=str(exc), repr=safe_repr(got, cap))
+            continue
+        except (ValueError, TypeError, RecursionError) as exc:
+            reply(not_plain=describe(exc), repr=safe_repr(got, cap))
+            continue
+        replies.write((encoded + "\n").encode("utf-8"))
 
 
-def describe(exc):
-    message = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {message}" if message else name
-
-
-PRELOAD = ("math", "cmath", "itertools", "functools", "collections", "heapq", "bisect", "re", "string",
-           "random", "statistics", "fractions", "decimal", "operator", "typing", "dataclasses", "copy",
-           "datetime", "enum", "array", "textwrap", "unicodedata", "socket")
-
+# ---------------------------------------------------------------- harness side
 
 def drop_privileges():
+    """Process-only mode started as root: become `nobody` once the stdlib is loaded."""
     ids = SPEC.get("drop_to")
     if not ids or os.geteuid() != 0:
         return
     import importlib
-    import resource
 
-    for name in PRELOAD:
+    for name in ("math", "cmath", "itertools", "functools", "collections", "heapq", "bisect", "re", "string",
+                 "random", "statistics", "fractions", "decimal", "operator", "typing", "dataclasses", "copy",
+                 "datetime", "enum", "array", "textwrap", "unicodedata", "socket", "resource"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    uid, gid = ids
     os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    n = int(SPEC.get("max_processes", 32))
-    resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    os.setgid(ids[1])
+    os.setuid(ids[0])
+
+
+def make_undumpable():
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        return True
+    except Exception:  # noqa: BLE001 - best effort; the OS sandbox is the boundary
+        return False
+
+
+def exit_reason(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return "CPU time limit exceeded" if name == "SIGXCPU" else f"killed by {name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 def main():
+    channel = int(SPEC["channel_fd"])
+    if channel in (1, 2):  # remote mode: stdout is the channel; keep a private copy
+        channel = os.dup(channel)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
     drop_privileges()
-    entry = SPEC["entry_point"]
-    timeout = float(SPEC["timeout_s"])
-    tol = float(SPEC.get("float_tolerance", 1e-6))
-    cap = int(SPEC.get("max_repr_chars", 200))
-    out = CappedText(int(SPEC.get("max_output_chars", 2000)))
-    sys.stdout = sys.stderr = out
-    signal.signal(signal.SIGALRM, on_alarm)
-    sys.addaudithook(hook)
-    namespace = {"__name__": "solution"}
-    try:
-        code = compile(SOURCE, "solution.py", "exec")
-    except SyntaxError as exc:
-        emit(event="error", stage="compile", message=f"SyntaxError: {exc.msg} (line {exc.lineno})")
-        return
-    try:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        exec(code, namespace)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    except TestTimeout:
-        emit(event="error", stage="load", message=f"timed out after {timeout:g} s while defining the code")
-        return
-    except BaseException as exc:  # noqa: BLE001 - everything becomes feedback
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        emit(event="error", stage="load", message=describe(exc), output=out.text())
-        return
-    func = namespace.get(entry)
-    if not callable(func):
-        emit(event="error", stage="load", message=f"the code does not define a function named `{entry}`")
-        return
-    for index, case in enumerate(SPEC["tests"], start=1):
-        args = case.get("args", [])
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    global WORKER_PID
+    pid = WORKER_PID = os.fork()
+    if pid == 0:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            got = func(*args)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except TestTimeout:
-            emit(event="test", index=index, status="timeout", timeout=timeout)
-            break  # a loop that hangs once usually hangs again: do not spend the time
+            os.close(channel)
+            os.close(req_w)
+            os.close(rep_r)
+            worker(req_r, rep_w)
+        finally:
+            os._exit(0)
+    os.close(req_r)
+    os.close(rep_w)
+    undumpable = make_undumpable()
+    timeout = float(SPEC["timeout_s"])
+    cap = int(SPEC["max_result_chars"])
 
-        except RecursionError as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            emit(event="test", index=index, status="error", error=describe(exc))
+    def emit(**event):
+        data = (json.dumps(event) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(channel, data):]
+
+    state = {"status": None}
+
+    def ask(request):
+        """Send one request; return (reply dict | None, problem text | None)."""
+        if select.select([rep_r], [], [], 0)[0] and os.read(rep_r, 1 << 16):
+            os.kill(pid, signal.SIGKILL)
+            return None, "a reply was sent before it was asked for"
+        try:
+            os.write(req_w, (request + "\n").encode())
+        except OSError:
+            pass
+        deadline = os_time() + timeout
+        buffer = b""
+        while True:
+            left = deadline - os_time()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                return None, "timeout"
+            ready, _, _ = select.select([rep_r], [], [], left)
+            if not ready:
+                continue
+            block = os.read(rep_r, 1 << 16)
+            if not block:
+                _, status = os.waitpid(pid, 0)
+                state["status"] = status
+                return None, f"the process stopped ({exit_reason(status)})"
+            buffer += block
+            if len(buffer) > cap:
+                os.kill(pid, signal.SIGKILL)
+                return None, f"the result was larger than {cap} characters"
+            if b"\n" in buffer:
+                line, _, rest = buffer.partition(b"\n")
+                if rest:
+                    os.kill(pid, signal.SIGKILL)
+                    return None, "more than one reply was sent for one call"
+                try:
+                    message = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError):
+                    return None, "the reply was not valid JSON"
+                if not isinstance(message, dict):
+                    return None, "the reply was not a JSON object"
+                return message, None
+
+    emit(e="start", undumpable=undumpable)
+    message, problem = ask("load")
+    if problem == "timeout":
+        emit(e="load", status="timeout", timeout=timeout)
+        return
+    if problem:
+        emit(e="load", status="error", message=problem)
+        return
+    if message.get("loaded") is True:
+        pass
+    elif message.get("missing") is True:
+        emit(e="load", status="missing")
+        return
+    elif isinstance(message.get("error"), str):
+        reply, _ = ask("output")
+        output = reply.get("output") if reply else ""
+        emit(e="load", status="error", message=message["error"][:2000], stage=str(message.get("stage", "load")),
+             output=output[: int(SPEC["max_output_chars"])] if isinstance(output, str) else "")
+        return
+    else:
+        emit(e="load", status="error", message="malformed reply while loading the code")
+        return
+    emit(e="load", status="ok")
+    for index in range(1, len(SPEC["args"]) + 1):
+        message, problem = ask(f"test {index}")
+        if problem == "timeout":
+            emit(e="test", i=index, status="timeout", timeout=timeout)
+            break
+        if problem:
+            emit(e="test", i=index, status="broken", message=problem)
+            if state["status"] is not None or "larger" in problem or "more than one" in problem:
+                break
             continue
-        except BaseException as exc:  # noqa: BLE001
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            emit(event="test", index=index, status="error", error=describe(exc))
-            continue
-        if same(got, case["expected"], tol):
-            emit(event="test", index=index, status="passed")
+        if "ok" in message and len(message) == 1:
+            emit(e="test", i=index, status="returned", value=message["ok"])
+        elif isinstance(message.get("raised"), str):
+            emit(e="test", i=index, status="raised", error=message["raised"][:2000])
+        elif isinstance(message.get("not_plain"), str):
+            emit(e="test", i=index, status="not_plain", type=message["not_plain"][:200],
+                 repr=str(message.get("repr", ""))[:2000])
         else:
-            emit(event="test", index=index, status="failed", got=short(got, cap))
-    emit(event="done", output=out.text())
+            emit(e="test", i=index, status="broken", message="the reply had an unexpected shape")
+    output = ""
+    if state["status"] is None:
+        message, problem = ask("output")
+        if message and isinstance(message.get("output"), str):
+            output = message["output"][: int(SPEC["max_output_chars"])]
+    emit(e="done", output=output)
 
 
-main()
+try:
+    main()
+finally:
+    # Whatever the worker left running (threads, children) ends with the call. Inside
+    # bubblewrap the whole PID namespace also goes when this process ends; in the
+    # process-only mode the parent kills this process group.
+    if WORKER_PID:
+        try:
+            os.kill(WORKER_PID, signal.SIGKILL)
+        except OSError:
+            pass

@@ -4,17 +4,17 @@ completion and say why, in TRL's reward-function calling convention
 
 - :class:`NumericAnswerReward`: the last number in the answer vs the ``answer`` column.
 - :class:`CodeTestsReward`: the Python function in the answer, run against the
-  ``tests`` column in the sandbox (:mod:`sdpo.feedback.sandbox`), several at a time.
+  ``tests`` column in the sandbox (:mod:`sdpo.feedback.sandbox`; bubblewrap by
+  default), up to ``max_workers`` candidates at a time.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from .sandbox import SandboxLimits, run_python_tests
+from .sandbox import SandboxLimits, resolve_sandbox, run_python_tests_batch
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -91,21 +91,25 @@ class CodeTestsReward:
 
     __name__ = "code_tests"
 
-    def __init__(self, limits: SandboxLimits | None = None, *, max_workers: int = 4):
+    def __init__(self, limits: SandboxLimits | None = None, *, max_workers: int = 4, sandbox: Any = None):
+        """``sandbox``: "bwrap" (default; or ``$SDPO_SANDBOX``), "process-unsafe",
+        "remote:<url>" or a backend object such as
+        :class:`~sdpo.feedback.remote_sandbox.RemoteSandbox`. Resolved at the first call,
+        so building the reward never needs bubblewrap."""
+        if max_workers < 1:
+            raise ValueError(f"CodeTestsReward: max_workers must be at least 1, got {max_workers}")
         self.limits = limits or SandboxLimits()
         self.max_workers = max_workers
+        self.sandbox = sandbox
 
     def __call__(self, prompts, completions, entry_point=None, tests=None, **_) -> list[dict]:
         if entry_point is None or tests is None:
             raise ValueError("CodeTestsReward needs 'entry_point' and 'tests' columns in the dataset")
-
-        def one(args):
-            completion, name, cases = args
+        jobs = []
+        for completion, name, cases in zip(completions, entry_point, tests):
             if isinstance(cases, str):
                 cases = json.loads(cases)
-            result = run_python_tests(extract_code(completion_text(completion), name), name, cases, self.limits)
-            return {"score": result.score, "feedback": result.feedback}
-
-        jobs = list(zip(completions, entry_point, tests))
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(jobs)))) as pool:
-            return list(pool.map(one, jobs))
+            jobs.append((extract_code(completion_text(completion), name), name, cases))
+        results = run_python_tests_batch(jobs, self.limits, sandbox=resolve_sandbox(self.sandbox),
+                                         max_workers=self.max_workers)
+        return [{"score": r.score, "feedback": r.feedback} for r in results]
