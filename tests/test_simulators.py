@@ -57,11 +57,19 @@ def test_local_simulator_batched_generation(tiny):
 
 
 class FakeLLMServer:
-    """Speaks just enough of the Anthropic Messages and OpenAI chat-completions APIs."""
+    """Speaks just enough of the Anthropic Messages and OpenAI chat-completions APIs.
 
-    def __init__(self, failures=(), delay=0.05, empty_for=(), reply="Too many emojis."):
-        self.failures = list(failures)  # status codes to return first, in order
+    ``failures`` is a fault schedule served to the first requests, in arrival order: an
+    HTTP status code, ``"hang"`` (answer only after ``hang`` seconds, past a short client
+    timeout), ``"malformed"`` (200 with a body that is not JSON), ``"disconnect"`` (close
+    the connection without answering) or ``"empty"`` (200 with an empty completion).
+    ``reply`` is a text, or a function of the request's last message.
+    """
+
+    def __init__(self, failures=(), delay=0.05, empty_for=(), reply="Too many emojis.", hang=2.0):
+        self.failures = list(failures)
         self.delay = delay
+        self.hang = hang
         self.empty_for = set(empty_for)
         self.reply = reply
         self.requests = 0
@@ -69,6 +77,7 @@ class FakeLLMServer:
         self.max_active = 0
         self.auth_headers = []
         self.bodies = []
+        self.served = []  # what each request got: 200 or the fault
         self.lock = threading.Lock()
         server = self
 
@@ -84,15 +93,24 @@ class FakeLLMServer:
                     server.max_active = max(server.max_active, server.active)
                     server.bodies.append(body)
                     server.auth_headers.append(self.headers.get("x-api-key") or self.headers.get("authorization"))
-                    status = server.failures.pop(0) if server.failures else 200
+                    fault = server.failures.pop(0) if server.failures else 200
+                    server.served.append(fault)
                 try:
-                    time.sleep(server.delay)
-                    if status != 200:
-                        self._send(status, {"error": {"type": "overloaded", "message": "try later"}},
+                    time.sleep(server.hang if fault == "hang" else server.delay)
+                    if fault == "disconnect":
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    if fault == "malformed":
+                        self._send(200, None, raw=b'{"id": "c1", "choices": [{"message": {"content": "trunc')
+                        return
+                    if isinstance(fault, int) and fault != 200:
+                        self._send(fault, {"error": {"type": "overloaded", "message": "try later"}},
                                    {"retry-after-ms": "10", "retry-after": "0"})
                         return
                     text = body["messages"][-1]["content"]
-                    reply = "" if any(marker in text for marker in server.empty_for) else server.reply
+                    empty = fault == "empty" or any(marker in text for marker in server.empty_for)
+                    reply = "" if empty else server.reply(text) if callable(server.reply) else server.reply
                     if self.path.endswith("/messages"):
                         payload = {"id": "m1", "type": "message", "role": "assistant", "model": body["model"],
                                    "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
@@ -102,12 +120,14 @@ class FakeLLMServer:
                                    "choices": [{"index": 0, "finish_reason": "stop",
                                                 "message": {"role": "assistant", "content": reply}}]}
                     self._send(200, payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    pass
                 finally:
                     with server.lock:
                         server.active -= 1
 
-            def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
+            def _send(self, status, payload, headers=None, raw=None):
+                data = raw if raw is not None else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -155,14 +175,28 @@ def test_api_simulator_retries_bounds_concurrency_and_falls_back(monkeypatch, ca
 
 
 @pytest.mark.parametrize("cls, env, base", API_SIMS)
-def test_api_simulator_gives_clear_error_when_retries_run_out(monkeypatch, cls, env, base):
+def test_api_simulator_falls_back_when_retries_run_out(monkeypatch, caplog, cls, env, base):
     monkeypatch.setenv(env, SECRET)
     with FakeLLMServer(failures=[500] * 10) as server:
-        sim = cls("no_emojis", base_url=base(server.url), max_retries=1)
-        with pytest.raises(SimulatorAPIError, match=r"failed after 1 retries: HTTP 500") as info:
+        sim = cls("no_emojis", base_url=base(server.url), max_retries=1, retry_backoff=0.01)
+        assert sim.followups(["q"], ["a"]) == [FALLBACK_FOLLOWUP]
+    assert server.requests == 2  # one try and one retry
+    assert (sim.stats.requests, sim.stats.retries, sim.stats.failed, sim.stats.fallbacks) == (1, 1, 1, 1)
+    assert f"at {base(server.url)}): 1 of 1 requests failed after 2 tries (HTTP 500)" in caplog.text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("cls, env, base", API_SIMS)
+@pytest.mark.parametrize("status, says", [(401, "was refused"), (404, "no model")])
+def test_api_simulator_stops_on_errors_no_retry_can_fix(monkeypatch, cls, env, base, status, says):
+    monkeypatch.setenv(env, SECRET)
+    with FakeLLMServer(failures=[status] * 10) as server:
+        sim = cls("no_emojis", base_url=base(server.url), max_retries=3, max_concurrency=1, retry_backoff=0.01)
+        with pytest.raises(SimulatorAPIError, match=f"at {base(server.url)}\\): HTTP {status}: .*{says}") as info:
             sim.followups(["q"], ["a"])
     assert SECRET not in str(info.value)
-    assert server.requests == 2
+    assert (env in str(info.value)) == (status == 401)  # a refused key names the variable to check
+    assert server.requests == 1  # not retried
 
 
 @pytest.mark.parametrize("cls, env, base", API_SIMS)

@@ -23,6 +23,12 @@ class EvalArguments:
     judge_model: str | None = field(default=None, metadata={"help": "local: model; API: model name"})
     judge_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai)"})
     judge_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
+    judge_max_retries: int = field(
+        default=6, metadata={"help": "API: retries of a request (429, 5xx, timeout, connection error, malformed "
+                                     "body) before its verdict counts as failed"})
+    judge_timeout: float = field(default=60.0, metadata={"help": "API: seconds per try"})
+    judge_retry_backoff: float = field(
+        default=0.5, metadata={"help": "API: first wait before a retry, in seconds (doubles per retry, at most 8)"})
     style: str = field(default="concise_casual_beginner", metadata={"help": "the user persona to judge for"})
     eval_n: int = field(default=256, metadata={"help": "held-out prompts"})
     seed: int = field(default=0, metadata={"help": "prompt selection seed"})
@@ -47,7 +53,9 @@ def _judge(args: EvalArguments):
         from sdpo.feedback import simulators as sims
 
         cls = sims.ClaudeStyleUserSimulator if args.judge == "claude" else sims.OpenAICompatibleUserSimulator
-        kwargs = dict(base_url=args.judge_base_url, max_concurrency=args.judge_concurrency, max_tokens=16)
+        kwargs = dict(base_url=args.judge_base_url, max_concurrency=args.judge_concurrency, max_tokens=16,
+                      max_retries=args.judge_max_retries, timeout=args.judge_timeout,
+                      retry_backoff=args.judge_retry_backoff)
         if args.judge_model:
             kwargs["model"] = args.judge_model
         return pairwise.APIJudge(args.style, client=cls(args.style, **kwargs))
@@ -63,6 +71,10 @@ def run(args: EvalArguments) -> int:
     if not args.run_dir or not args.data_path:
         raise UsageError("--run_dir and --data_path are required")
     persona_description(args.style)
+    if args.judge_concurrency < 1 or args.judge_max_retries < 0:
+        raise UsageError("--judge_concurrency must be >= 1 and --judge_max_retries >= 0")
+    if not args.judge_timeout > 0 or args.judge_retry_backoff < 0:
+        raise UsageError("--judge_timeout must be > 0 and --judge_retry_backoff >= 0 (seconds)")
     steps = None if args.ckpts.strip() == "all" else [int(s) for s in args.ckpts.replace(",", " ").split()]
     checkpoints = find_checkpoints(args.run_dir, steps)  # all input checked before any model loads
     prompts = select_prompts(args.data_path, args.eval_n, args.seed)
@@ -74,17 +86,32 @@ def run(args: EvalArguments) -> int:
     out = Path(args.output_dir or Path(args.run_dir) / "eval")
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                    oracle_style=args.style if args.oracle else None, state=state)
+                    oracle_style=args.style if args.oracle else None, state=state,
+                    judgments_dir=out / "judgments")
     if rows is None:  # a helper process: its share of the generations is done
         return 0
     meta = {"baseline": args.baseline, "judge": args.judge, "judge_model": args.judge_model, "style": args.style,
-            "eval_n": len(prompts), "seed": args.seed}
+            "eval_n": len(prompts), "seed": args.seed, "judge_stats": judge.stats.as_dict()}
+    if hasattr(judge, "client"):
+        meta["judge_endpoint"] = judge.client.endpoint
     write_results(rows, out, meta)
+
+    def pct(x: float) -> str:
+        return "-" if x != x else f"{100 * x:.1f}"  # NaN: no decisive pair
+
     print(f"win rate vs {args.baseline}, {args.judge} judge, style {args.style}, {len(prompts)} prompts, both orders")
-    print(f"{'model':34s} {'win%':>6s} {'±binom':>7s} {'±boot':>7s} {'W':>4s} {'L':>4s} {'T':>4s} {'unp':>4s} {'cov':>5s}")
+    print(f"{'model':34s} {'win%':>6s} {'±binom':>7s} {'±boot':>7s} {'W':>4s} {'L':>4s} {'T':>4s} {'unp':>4s} "
+          f"{'fail':>4s} {'cov':>5s}")
     for r in rows:
-        print(f"{r['name'][:34]:34s} {100 * r['win_rate']:6.1f} {100 * r['se_binomial']:7.1f} "
-              f"{100 * r['se_bootstrap']:7.1f} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} {r['unparsed']:4d} "
-              f"{r['coverage']:5.2f}")
+        print(f"{r['name'][:34]:34s} {pct(r['win_rate']):>6s} {pct(r['se_binomial']):>7s} "
+              f"{pct(r['se_bootstrap']):>7s} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} {r['unparsed']:4d} "
+              f"{r['failed']:4d} {r['coverage']:5.2f}")
+    st = judge.stats
+    print(f"judge: {st.requests} requests, {st.cached} from the cache, {st.retries} retries, {st.failed} failed, "
+          f"{st.unparsed} unparsed")
+    if st.failed:
+        print(f"{st.failed} verdicts failed (no reply after {judge.client.tries} tries from {judge.client.endpoint}); "
+              f"they count as 'failed', not as ties. Run the same command again to ask only for those "
+              f"(the other replies are cached in {out}/judgments)")
     print(f"wrote {out}/winrates.csv, winrates.json, winrates.png (generations cached in {out}/generations)")
     return 0

@@ -3,7 +3,10 @@
 For each checkpoint and the baseline: greedy answers to the same held-out prompts
 (fixed seed, prompts cut from the left to a token limit), cached on disk keyed by the
 model and the prompt, so a re-run or a new judge does not regenerate. Each pair is
-judged in both orders (:func:`sdpo.judges.pairwise.judge_both_orders`).
+judged in both orders (:func:`sdpo.judges.pairwise.judge_both_orders`); the judge's
+replies are cached too (``judgments/``), so a re-run resumes judging and asks again
+only for what is missing or failed. Result files hold ``null`` where a rate is
+undefined (no decisive pair), never ``NaN``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from sdpo.data.io import write_jsonl
 from sdpo.data.prompts import load_prompts
 from sdpo.judges.pairwise import judge_both_orders
-from sdpo.judges.stats import win_rate_summary
+from sdpo.judges.stats import json_safe, win_rate_summary
 
 
 def _key(model_id: str, prompt: str, max_new_tokens: int) -> str:
@@ -117,9 +120,15 @@ def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, P
 
 
 def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache, *, max_new_tokens=256,
-             max_prompt_tokens=1024, oracle_style: str | None = None, loader=None, state=None) -> list[dict] | None:
-    """Win-rate rows (on the main process; other processes only help generate and get None)."""
+             max_prompt_tokens=1024, oracle_style: str | None = None, loader=None, state=None,
+             judgments_dir: str | Path | None = None) -> list[dict] | None:
+    """Win-rate rows (on the main process; other processes only help generate and get None).
+
+    With ``judgments_dir`` the judge's replies are cached there (see :meth:`Judge.use_cache`).
+    """
     texts = [p.text for p in prompts]
+    if judge is not None and judgments_dir is not None and getattr(judge, "cache", None) is None:
+        judge.use_cache(judgments_dir)
     base = answers_for(baseline, prompts, cache, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
                        loader=loader, state=state)
     main = state is None or state.is_main_process
@@ -145,11 +154,13 @@ def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "winrates.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
+    safe_rows = json_safe(rows)  # an undefined rate (no decisive pair) is null / an empty cell, never NaN
+    (out_dir / "winrates.json").write_text(json.dumps(json_safe({**meta, "results": rows}), indent=1,
+                                                      allow_nan=False))
     with (out_dir / "winrates.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(safe_rows)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,17 +9,29 @@
 * :class:`OpenAICompatibleUserSimulator` - the ``openai`` SDK against any base URL
   (a vLLM or other OpenAI-compatible server).
 
-The API simulators send requests concurrently up to ``max_concurrency``; the SDKs
-retry 429, 5xx, timeouts and connection errors with exponential backoff
-(``max_retries``). A reply that stays empty becomes a neutral fallback follow-up,
-counted in :attr:`UserSimulator.stats`. The API key is read from the environment
-when the simulator is built (so a missing key fails before training starts) and is
-never printed or logged.
+The API simulators send requests concurrently up to ``max_concurrency``. Each request
+is tried up to ``max_retries + 1`` times: a 408/409/429/5xx answer, a timeout
+(``timeout`` seconds), a connection error, or a 200 answer whose body is not the
+expected JSON is retried after an exponential backoff (``retry_backoff`` seconds,
+doubling, at most ``retry_max_backoff``; a server's ``Retry-After`` of up to 60 s is
+honoured instead). Other 4xx answers are not retried; 401/403/404 (wrong key, no
+access, no such model or endpoint) stop the run with one line, since every later
+request would fail the same way. A request whose last try fails, and a reply that is
+empty, get a neutral fallback follow-up. Requests, retries, failed requests, empty
+replies and fallbacks are counted in :attr:`UserSimulator.stats` (logged as
+``simulator/...`` metrics), and each batch with failures logs one warning naming the
+endpoint actually used and the number of tries. The API key is read from the
+environment when the simulator is built (so a missing key fails before training
+starts) and is never printed, logged or written.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
+import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +41,9 @@ from typing import Sequence
 from sdpo.feedback.personas import persona_description
 
 FALLBACK_FOLLOWUP = "Okay."
+MAX_RETRY_AFTER = 60.0  # a server's Retry-After above this is not waited for (the SDKs' own limit)
+
+log = logging.getLogger(__name__)
 
 SIMULATOR_INSTRUCTIONS = """You are playing the part of a person chatting with an AI assistant.
 What this person wants from answers: {persona}
@@ -53,18 +68,33 @@ class MissingAPIKeyError(RuntimeError):
 
 
 class SimulatorAPIError(RuntimeError):
-    pass
+    """An API error that retrying cannot fix (wrong key, no access, unknown model or endpoint)."""
+
+
+class MalformedReplyError(ValueError):
+    """A 200 answer whose body is not the JSON the API promises."""
 
 
 @dataclass
 class SimulatorStats:
+    """Running totals since the simulator was built (every field is a metric).
+
+    ``requests`` counts follow-ups asked for; each is a real reply or a fallback
+    (``fallbacks = failed + empty``). ``retries`` counts extra API tries, ``failed`` the
+    requests whose last try failed, ``empty`` the replies with no text.
+    """
+
     requests: int = 0
     fallbacks: int = 0
     seconds: float = 0.0
+    retries: int = 0
+    failed: int = 0
+    empty: int = 0
 
     def as_metrics(self, prefix: str = "simulator/") -> dict[str, float]:
         return {f"{prefix}requests": self.requests, f"{prefix}fallbacks": self.fallbacks,
-                f"{prefix}seconds": round(self.seconds, 4)}
+                f"{prefix}seconds": round(self.seconds, 4), f"{prefix}retries": self.retries,
+                f"{prefix}failed_requests": self.failed, f"{prefix}empty_replies": self.empty}
 
 
 @dataclass
@@ -86,11 +116,16 @@ class UserSimulator:
         self.stats.requests += len(replies)
         out = []
         for reply in replies:
-            reply = (reply or "").strip()
-            if not reply:
+            if reply is None:  # no usable answer after the last try (logged where it failed)
+                self.stats.failed += 1
+                text = ""
+            else:
+                text = reply.strip()
+                self.stats.empty += not text
+            if not text:
                 self.stats.fallbacks += 1
-                reply = FALLBACK_FOLLOWUP
-            out.append(reply)
+                text = FALLBACK_FOLLOWUP
+            out.append(text)
         return out
 
     def prompt_for(self, prompt: str, response: str) -> str:
@@ -234,43 +269,140 @@ def _require_key(env_var: str, who: str) -> str:
 
 
 @dataclass
+class APICallResult:
+    """One request's outcome: ``text`` is None when no try gave a usable answer."""
+
+    text: str | None
+    tries: int
+    error: str = ""  # the last failure ("HTTP 500", "timeout after 60s", ...), empty on success
+
+
+def _retry_after(err) -> float | None:
+    """Seconds from a ``Retry-After-Ms`` / ``Retry-After`` header of an HTTP error, if any."""
+    headers = getattr(getattr(err, "response", None), "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value >= 0:
+            return value * scale
+    return None
+
+
+@dataclass
 class _APISimulator(UserSimulator):
     model: str = ""
     base_url: str | None = None
     api_key_env: str = ""
     max_concurrency: int = 8
-    max_retries: int = 6
-    timeout: float = 60.0
+    max_retries: int = 6  # retries after the first try of a request
+    timeout: float = 60.0  # seconds per try
+    retry_backoff: float = 0.5  # first wait; doubles per retry (with up to 25% jitter)
+    retry_max_backoff: float = 8.0
     temperature: float | None = 0.0
     max_tokens: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
+        for name in ("max_concurrency",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("timeout", "retry_max_backoff"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.retry_backoff < 0:
+            raise ValueError(f"retry_backoff must be >= 0 seconds, got {self.retry_backoff}")
+        # the SDK's own retries are off: every try goes through _call, which counts it
         self._client = self._make_client(_require_key(self.api_key_env, type(self).__name__))
 
     def __repr__(self) -> str:  # never shows the key
-        return f"{type(self).__name__}(style={self.style!r}, model={self.model!r}, base_url={self.base_url!r})"
+        return f"{type(self).__name__}(style={self.style!r}, model={self.model!r}, base_url={self.endpoint!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL the client really sends to (an explicit one, the SDK's environment variable, or its default)."""
+        client = getattr(self, "_client", None)
+        url = str(getattr(client, "base_url", "") or self.base_url or "")
+        return url.rstrip("/")
+
+    @property
+    def tries(self) -> int:
+        return self.max_retries + 1
+
+    def _who(self) -> str:
+        return f"{type(self).__name__} ({self.model} at {self.endpoint})"
 
     def _followups(self, prompts, responses):
         return self.complete([self.prompt_for(p, r) for p, r in zip(prompts, responses)])
 
-    def complete(self, texts: Sequence[str]) -> list[str]:
-        """Raw completions of ``texts`` (concurrent, retried); judges reuse this client."""
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(self._call, texts))
+    def complete(self, texts: Sequence[str]) -> list[str | None]:
+        """Raw completions of ``texts`` (concurrent, retried); None where every try failed. Judges reuse this."""
+        return [r.text for r in self.complete_detailed(texts)]
 
-    def _call(self, text: str) -> str:
-        try:
-            return self._request(text)
-        except Exception as err:  # the SDK already retried; say who failed and why, without the key
-            status = getattr(err, "status_code", None)
-            detail = f"HTTP {status}" if status else type(err).__name__
-            raise SimulatorAPIError(
-                f"{type(self).__name__} ({self.model} at {self.base_url or 'the default endpoint'}) failed after "
-                f"{self.max_retries} retries: {detail}"
-            ) from None
+    def complete_detailed(self, texts: Sequence[str]) -> list[APICallResult]:
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            results = list(pool.map(self._call, texts))
+        self.stats.retries += sum(r.tries - 1 for r in results)
+        failed = [r for r in results if r.text is None]
+        if failed:
+            kinds = sorted({r.error for r in failed})
+            log.warning("%s: %d of %d requests failed after %d tries (%s); they get %s", self._who(), len(failed),
+                        len(results), self.tries, ", ".join(kinds), self.failure_outcome)
+        return results
+
+    failure_outcome = "the fallback follow-up"  # how a failed request is reported (judges: a 'failed' verdict)
+
+    def _call(self, text: str) -> APICallResult:
+        error, wait = "", None
+        for attempt in range(self.tries):
+            if attempt:
+                time.sleep(self._backoff(attempt, wait))
+            try:
+                return APICallResult(self._request(text), attempt + 1)
+            except Exception as err:  # noqa: BLE001 - sorted into retry / give up / stop below
+                retry, error, wait = self._classify(err)
+                if retry is None:  # cannot succeed on any request: stop, naming who and why (never the key)
+                    raise SimulatorAPIError(f"{self._who()}: {error}; not retried") from None
+                if not retry:
+                    return APICallResult(None, attempt + 1, error)
+        return APICallResult(None, self.tries, error)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
+            return retry_after
+        delay = min(self.retry_max_backoff, self.retry_backoff * 2 ** (attempt - 1))
+        return delay * (1 - 0.25 * random.random())
+
+    def _classify(self, err: Exception) -> tuple[bool | None, str, float | None]:
+        """(retry?, description, server's Retry-After): retry None means stop the run."""
+        sdk = self._sdk
+        if isinstance(err, sdk.APITimeoutError):
+            return True, f"timeout after {self.timeout:g}s", None
+        if isinstance(err, sdk.APIConnectionError):
+            return True, "connection error", None
+        if isinstance(err, sdk.APIStatusError):
+            status = err.status_code
+            if status in (401, 403):
+                return None, f"HTTP {status}: the key in {self.api_key_env} was refused", None
+            if status == 404:
+                return None, f"HTTP 404: no model {self.model!r} or no such endpoint", None
+            if status in (408, 409, 429) or status >= 500:
+                return True, f"HTTP {status}", _retry_after(err)
+            return False, f"HTTP {status}", None
+        if isinstance(err, (json.JSONDecodeError, MalformedReplyError, sdk.APIResponseValidationError)):
+            return True, "malformed response body", None
+        raise err  # a bug of ours, not an API fault
+
+    def _make_client(self, key: str):  # pragma: no cover
+        raise NotImplementedError
+
+    def _request(self, text: str) -> str:  # pragma: no cover
+        raise NotImplementedError
 
 
 @dataclass
@@ -281,8 +413,8 @@ class ClaudeStyleUserSimulator(_APISimulator):
     def _make_client(self, key: str):
         import anthropic
 
-        return anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=self.max_retries,
-                                   timeout=self.timeout)
+        self._sdk = anthropic
+        return anthropic.Anthropic(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
 
     def _request(self, text: str) -> str:
         # anthropic 2.x no longer lists sampling parameters in create(); the API field is
@@ -294,7 +426,10 @@ class ClaudeStyleUserSimulator(_APISimulator):
             messages=[{"role": "user", "content": text}],
             extra_body=extra,
         )
-        return "".join(getattr(block, "text", "") for block in reply.content)
+        try:
+            return "".join(getattr(block, "text", None) or "" for block in reply.content)
+        except (AttributeError, TypeError) as err:
+            raise MalformedReplyError(f"unexpected Messages reply ({type(err).__name__})") from None
 
 
 @dataclass
@@ -305,7 +440,8 @@ class OpenAICompatibleUserSimulator(_APISimulator):
     def _make_client(self, key: str):
         import openai
 
-        return openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout)
+        self._sdk = openai
+        return openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
 
     def _request(self, text: str) -> str:
         reply = self._client.chat.completions.create(
@@ -314,7 +450,13 @@ class OpenAICompatibleUserSimulator(_APISimulator):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
         )
-        return reply.choices[0].message.content or ""
+        try:
+            content = reply.choices[0].message.content
+        except (AttributeError, TypeError, IndexError, KeyError) as err:
+            raise MalformedReplyError(f"unexpected chat-completion reply ({type(err).__name__})") from None
+        if content is not None and not isinstance(content, str):
+            raise MalformedReplyError("chat-completion content is not text")
+        return content or ""
 
 
 SIMULATORS = {

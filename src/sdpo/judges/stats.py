@@ -1,4 +1,8 @@
-"""Win-rate statistics: wins / (wins + losses), binomial and bootstrap standard errors."""
+"""Win-rate statistics: wins / (wins + losses), binomial and bootstrap standard errors.
+
+With no decisive pair the rate and its errors are NaN here (undefined); files written
+from them carry ``null`` (:func:`json_safe`).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,20 @@ def win_rate_summary(outcomes: Sequence[str], *, n_bootstrap: int = 5000, seed: 
         boot = float(rates.std(ddof=1)) if len(rates) > 1 else float("nan")
     return {
         "n": len(outcomes), "wins": wins, "losses": losses, "ties": counts["tie"], "unparsed": counts["unparsed"],
+        "failed": counts["failed"],
         "win_rate": rate, "se_binomial": binom, "se_bootstrap": boot,
         "coverage": decided / len(outcomes) if outcomes else 0.0,
     }
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj

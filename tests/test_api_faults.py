@@ -1,0 +1,197 @@
+"""API faults: simulators and judges survive a fault schedule from a local fake server.
+
+Schedule: 429, 500, a hang past the client timeout, a 200 with a body that is not JSON,
+a dropped connection, an empty completion, then success. Nothing crashes, every
+request is accounted for (real replies + fallbacks = requests; every judged pair has
+an outcome), the counts are metrics, messages name the endpoint really used and the
+real number of tries, and the API key appears in no output and no file.
+"""
+
+import json
+import logging
+import re
+
+import pytest
+
+from sdpo.cli import main
+from sdpo.feedback.simulators import FALLBACK_FOLLOWUP, ClaudeStyleUserSimulator, OpenAICompatibleUserSimulator
+from tests.test_simulators import FakeLLMServer
+
+SECRET = "sk-fault-test-SECRET-4711"
+SCHEDULE = [429, 500, "hang", "malformed", "disconnect", "empty"]
+RETRIED = 5  # all but "empty" (a valid answer with no text) are retried
+
+APIS = {
+    "claude": (ClaudeStyleUserSimulator, "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", ""),
+    "openai": (OpenAICompatibleUserSimulator, "OPENAI_API_KEY", "OPENAI_BASE_URL", "/v1"),
+}
+FAST = dict(timeout=0.5, retry_backoff=0.01)
+
+
+def _no_secret_anywhere(tmp_path, *texts):
+    for text in texts:
+        assert SECRET not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_simulator_survives_the_fault_schedule(monkeypatch, caplog, capsys, tmp_path, api):
+    cls, key_env, _, suffix = APIS[api]
+    monkeypatch.setenv(key_env, SECRET)
+    caplog.set_level(logging.DEBUG)
+    n = 8
+    with FakeLLMServer(failures=SCHEDULE, hang=1.5, delay=0.01) as server:
+        sim = cls("no_emojis", base_url=server.url + suffix, max_concurrency=2, max_retries=6, **FAST)
+        replies = sim.followups([f"question {i}" for i in range(n)], ["Here you go 🎉"] * n)
+    assert len(replies) == n
+    real = sum(r == server.reply for r in replies)
+    assert real + sim.stats.fallbacks == n == sim.stats.requests  # every sample accounted for
+    assert (real, sim.stats.fallbacks, sim.stats.empty, sim.stats.failed) == (n - 1, 1, 1, 0)
+    assert replies.count(FALLBACK_FOLLOWUP) == 1
+    assert sim.stats.retries == RETRIED and server.requests == n + RETRIED
+    metrics = sim.stats.as_metrics()
+    assert metrics["simulator/retries"] == RETRIED and metrics["simulator/empty_replies"] == 1
+    assert metrics["simulator/failed_requests"] == 0 and metrics["simulator/fallbacks"] == 1
+    assert all(SECRET in (h or "") for h in server.auth_headers)  # the key was sent...
+    out = capsys.readouterr()
+    _no_secret_anywhere(tmp_path, caplog.text, out.out, out.err, repr(sim))  # ...and shown nowhere
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_simulator_exhausted_retries_give_counted_fallbacks_naming_the_real_endpoint(monkeypatch, caplog, api):
+    cls, key_env, url_env, suffix = APIS[api]
+    monkeypatch.setenv(key_env, SECRET)
+    with FakeLLMServer(failures=["malformed", "hang", 503, 429, "disconnect"], hang=1.5, delay=0.01) as server:
+        # no base_url argument: the SDK takes it from its environment variable, and messages must say so
+        monkeypatch.setenv(url_env, server.url + suffix)
+        sim = cls("no_emojis", max_concurrency=1, max_retries=2, **FAST)
+        replies = sim.followups(["q1", "q2", "q3"], ["a1", "a2", "a3"])
+    # q1: malformed, hang, 503 -> failed after 3 tries; q2: 429, disconnect, then a reply; q3: a reply
+    assert replies == [FALLBACK_FOLLOWUP, server.reply, server.reply]
+    assert (sim.stats.requests, sim.stats.failed, sim.stats.fallbacks, sim.stats.retries) == (3, 1, 1, 4)
+    assert server.requests == 3 + 1 + 2 + 1
+    assert sim.stats.as_metrics()["simulator/failed_requests"] == 1
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1
+    assert f"at {server.url + suffix}): 1 of 3 requests failed after 3 tries (HTTP 503)" in warning[0]
+    assert "default endpoint" not in caplog.text and "retries" not in warning[0]
+    assert SECRET not in caplog.text
+
+
+def _between(text, tag):
+    return re.search(f"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1)
+
+
+def _style_judge(text):
+    """A judge that prefers the answer without emojis, and says tie when both are alike."""
+    a, b = "🎉" in _between(text, "answer_A"), "🎉" in _between(text, "answer_B")
+    return "B" if a and not b else "A" if b and not a else "tie"
+
+
+def _eval_setup(tmp_path):
+    """A run directory with two checkpoints and every generation already cached (no model loads)."""
+    from sdpo.data.prompts import PromptRecord, write_prompts
+    from sdpo.eval.checkpoints import GenerationCache, _key
+
+    prompts = [PromptRecord([{"role": "user", "content": f"Tell me about topic {i}."}]) for i in range(6)]
+    data = write_prompts(prompts, tmp_path / "prompts.jsonl")
+    run = tmp_path / "run"
+    cache = GenerationCache(run / "eval" / "generations")
+    answers = {
+        "tiny-random": ["Sure 🎉 here it is"] * 6,
+        str(run / "checkpoint-1"): ["Plain answer"] * 6,
+        str(run / "checkpoint-2"): ["Well 🎉 okay"] * 6,  # the same style as the baseline: all ties
+    }
+    for model_id, texts in answers.items():
+        cache.save(model_id, {_key(model_id, p.text, 8): t for p, t in zip(prompts, texts)})
+    (run / "checkpoint-1").mkdir()
+    (run / "checkpoint-2").mkdir()
+    return run, data
+
+
+def _no_nan(path):
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_eval_with_an_api_judge_survives_faults_counts_them_and_resumes_from_its_cache(
+        monkeypatch, capsys, caplog, tmp_path, api):
+    cls, key_env, _, suffix = APIS[api]
+    monkeypatch.setenv(key_env, SECRET)
+    run, data = _eval_setup(tmp_path)
+    args = ["eval", "checkpoints", "--run_dir", str(run), "--data_path", str(data), "--ckpts", "all",
+            "--baseline", "tiny-random", "--judge", "claude" if api == "claude" else "openai",
+            "--style", "no_emojis", "--eval_n", "6", "--max_new_tokens", "8", "--judge_concurrency", "1",
+            "--judge_max_retries", "2", "--judge_timeout", "0.5", "--judge_retry_backoff", "0.01"]
+    # with one request at a time the schedule hits known requests: the first pair (checkpoint-1 as A)
+    # fails three times; the second is retried twice and answered; the third gets an empty reply
+    schedule = ["malformed", "hang", 500, 429, "disconnect", "empty"]
+    with FakeLLMServer(failures=schedule, reply=_style_judge, hang=1.5, delay=0.0) as server:
+        assert main([*args, "--judge_base_url", server.url + suffix]) == 0
+    first = capsys.readouterr()
+    pairs = 2 * 6 * 2  # checkpoints x prompts x orders
+    assert server.requests == pairs + 2 + 2
+    result = _no_nan(run / "eval" / "winrates.json")
+    rows = {r["name"]: r for r in result["results"]}
+    one, two = rows["checkpoint-1"], rows["checkpoint-2"]
+    for r in (one, two):  # every pair has an outcome
+        assert r["wins"] + r["losses"] + r["ties"] + r["unparsed"] + r["failed"] == r["n"] == 6
+    assert (one["wins"], one["failed"], one["unparsed"]) == (4, 1, 1) and one["win_rate"] == 1.0
+    assert (two["ties"], two["win_rate"], two["se_binomial"], two["se_bootstrap"]) == (6, None, None, None)
+    assert result["judge_stats"] == {"requests": pairs, "cached": 0, "retries": 4, "failed": 1, "unparsed": 1}
+    assert result["judge_endpoint"] == server.url + suffix
+    assert f"1 verdicts failed (no reply after 3 tries from {server.url + suffix})" in first.out
+    assert f"at {server.url + suffix}): 1 of 6 requests failed after 3 tries (" in caplog.text
+    assert "NaN" not in (run / "eval" / "winrates.csv").read_text()
+
+    # the same command again: only the failed request is asked; the cached replies are not
+    with FakeLLMServer(reply=_style_judge, delay=0.0) as server2:
+        assert main([*args, "--judge_base_url", server2.url + suffix]) == 0
+    second = capsys.readouterr()
+    assert server2.requests == 1
+    result = _no_nan(run / "eval" / "winrates.json")
+    one = {r["name"]: r for r in result["results"]}["checkpoint-1"]
+    assert (one["wins"], one["failed"], one["unparsed"]) == (5, 0, 1)
+    assert result["judge_stats"] == {"requests": 1, "cached": pairs - 1, "retries": 0, "failed": 0, "unparsed": 1}
+    assert all(SECRET in (h or "") for h in server.auth_headers + server2.auth_headers)
+    _no_secret_anywhere(tmp_path, first.out, first.err, second.out, second.err, caplog.text)
+
+
+def test_judge_reply_cache_ignores_a_line_cut_by_a_crash(tmp_path):
+    from sdpo.judges.pairwise import CallableJudge, ReplyCache
+
+    calls = []
+
+    def fn(texts):
+        calls.append(len(texts))
+        return ["A"] * len(texts)
+
+    judge = CallableJudge("no_emojis", fn=fn, name="fn")
+    path = judge.use_cache(tmp_path).path
+    judge.chunk_size = 2
+    assert judge.judge(["p"] * 3, ["x1", "x2", "x3"], ["y"] * 3) == ["A"] * 3 and calls == [2, 1]
+    with path.open("a") as f:
+        f.write('{"key": "abc", "rep')  # a crash in the middle of a line
+    judge.cache = ReplyCache(path)
+    assert judge.judge(["p"] * 4, ["x1", "x2", "x3", "x4"], ["y"] * 4) == ["A"] * 4
+    assert calls == [2, 1, 1] and judge.stats.cached == 3 and judge.stats.requests == 4
+
+
+def test_json_safe_turns_nan_into_null():
+    import math
+
+    import numpy as np
+
+    from sdpo.judges.stats import json_safe, win_rate_summary
+
+    summary = win_rate_summary(["tie", "tie", "unparsed"])
+    assert math.isnan(summary["win_rate"])
+    safe = json_safe({"rows": [summary], "x": np.float64("inf"), "y": (1.5, float("nan"))})
+    text = json.dumps(safe, allow_nan=False)
+    assert json.loads(text)["rows"][0]["win_rate"] is None
+    assert safe["x"] is None and safe["y"] == [1.5, None]
