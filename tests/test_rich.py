@@ -104,7 +104,9 @@ def test_default_templates_read_naturally():
     "kwargs, message",
     [
         ({"alpha": 1.5}, "alpha must be in"),
-        ({"teacher_mode": "copy"}, "teacher_mode must be one of"),
+        ({"teacher_mode": "teacher"}, "teacher_mode must be one of"),
+        ({"loss_aggregation": "sum"}, "loss_aggregation must be one of"),
+        ({"is_clip": float("nan")}, "is_clip"),
         ({"ema_tau": 0.0}, "ema_tau"),
         ({"distillation_topk": None, "alpha": 0.5}, "needs alpha=1.0"),
         ({"is_clip": 0.0}, "is_clip"),

@@ -185,7 +185,12 @@ def sampled_token_distillation(
 def importance_weights(
     student_logp: torch.Tensor, old_logp: torch.Tensor, *, clip: float | None, coef: float = 1.0
 ) -> torch.Tensor:
-    """``min(pi/pi_old, clip) ** coef`` per token, without gradient (coef 0 = no correction)."""
+    """``min(pi/pi_old, clip) ** coef`` per token, without gradient (coef 0 = no correction).
+
+    ``clip=None`` here means an unclipped ratio; whether to weight at all is the caller's
+    decision (the rich-feedback trainer, like the references, does not weight when its
+    ``is_clip`` is None).
+    """
     log_ratio = (student_logp.detach() - old_logp.detach()).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
     if clip is not None:
@@ -202,6 +207,30 @@ def masked_sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.T
     mask = mask.to(per_token.dtype)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_seq.mean()
+
+
+def masked_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over every masked position of the batch: ``sum(loss * mask) / max(sum(mask), 1)``.
+
+    Each active token weighs the same, wherever it is; rows with an empty mask (rollouts
+    without a teacher) neither add to the numerator nor to the count. This is how
+    lasgroup/SDPO and sdpo-rl aggregate the self-distillation loss ("token-mean").
+    """
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean_trl")
+
+
+def aggregate_distillation_loss(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
+    """The batch loss from per-token losses: ``token_mean`` (the references) or ``sequence_mean_trl``
+    (TRL's: the mean over all rows of each row's token mean, empty rows counting as zero)."""
+    if how == "token_mean":
+        return masked_token_mean(per_token, mask)
+    if how == "sequence_mean_trl":
+        return masked_sequence_mean(per_token, mask)
+    raise ValueError(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}, got {how!r}")
 
 
 # ---------------------------------------------------------------------------

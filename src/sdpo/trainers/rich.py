@@ -19,11 +19,23 @@ three things:
    :func:`sdpo.templates.render_reprompt`): a pure, tested function with the rules
    below, and a configurable thinking tag;
 3. the distillation loss uses :mod:`sdpo.losses` (checked against float64
-   references), with the importance weight ``min(ratio, is_clip) ** is_coef``.
+   references), with the importance weight ``min(ratio, is_clip) ** is_coef`` (none
+   when ``is_clip`` is None), aggregated as the references do: the mean over the
+   active tokens of the batch (``loss_aggregation="token_mean"``; TRL's mean of
+   per-sequence means is ``"sequence_mean_trl"``).
 
 The user-facing API follows the seed: ``SDPOTrainer(model=..., args=GRPOConfig(...),
 sdpo_config=SDPOConfig(...), processing_class=tok, reward_funcs=[fn],
 train_dataset=ds)``. ``args`` may also be TRL's own experimental ``SDPOConfig``.
+The seed's import path ``from sdpo_trainer import SDPOTrainer, SDPOConfig`` is a thin
+alias of this module, and its teacher modes ``"copy"`` / ``"fixed"`` are accepted.
+
+Importing this module also makes TRL's configs (``GRPOConfig``, TRL's SDPOConfig)
+choose bf16 only where the machine supports it: left unset (``bf16=None``), TRL turns
+bf16 on everywhere and transformers then refuses to build the config on a machine
+without a bf16-capable accelerator; here it becomes False there (fp32), so the same
+script runs on a CPU machine and, in bf16, on a GPU. An explicit ``bf16=True`` still
+gets transformers' error.
 """
 
 from __future__ import annotations
@@ -50,7 +62,10 @@ from ..templates import (
 
 logger = logging.getLogger(__name__)
 
-TEACHER_MODES = {"ema": "ema", "live": "live", "frozen": "base"}
+# Our teacher modes -> TRL's ``teacher_model_kind``. "copy" and "fixed" are the seed's
+# names: "copy" is the current student itself (the reference's default when no EMA
+# teacher is kept: the actor scores its own reprompted inputs), "fixed" the initial model.
+TEACHER_MODES = {"ema": "ema", "live": "live", "frozen": "base", "copy": "live", "fixed": "base"}
 
 
 class SDPOConfigError(ValueError):
@@ -73,15 +88,23 @@ class SDPOConfig:
     full_logit_distillation: bool = False
     """Compare full-vocabulary distributions (overrides distillation_topk)."""
     teacher_mode: str = "ema"
-    """ema: exponential moving average of the student; live: the current student; frozen: the initial model."""
+    """ema: exponential moving average of the student; live: the current student; frozen: the initial model.
+    The seed's names are accepted: "copy" = live, "fixed" = frozen."""
     ema_tau: float = 0.05
     """EMA rate: teacher <- (1 - tau) teacher + tau student."""
     ema_update_every: int = 1
     """Optimizer steps between EMA updates."""
     is_coef: float = 1.0
-    """Exponent of the clipped importance weight for off-policy steps (0 disables the correction)."""
+    """Exponent of the clipped importance weight for off-policy steps (0 disables the correction;
+    the references have no exponent, i.e. 1)."""
     is_clip: float | None = 2.0
-    """Upper clip of the importance ratio pi/pi_old (None: no clip)."""
+    """Upper clip of the importance ratio pi/pi_old. None: no importance weighting at all (as in
+    lasgroup/SDPO and sdpo-rl); float("inf"): the unclipped ratio."""
+    loss_aggregation: str = "token_mean"
+    """How per-token losses become the batch loss. token_mean (the references): the mean over the
+    active tokens of the batch, so rollouts without a teacher do not dilute it; sequence_mean_trl
+    (TRL's): the mean over all rollouts of each rollout's token mean, a rollout without a teacher
+    counting as zero."""
     reprompt_teacher: bool = True
     """Show the teacher a successful peer rollout from the same group."""
     success_reward_threshold: float = 1.0
@@ -124,10 +147,12 @@ class SDPOConfig:
                 f"estimates the reverse KL, so it needs alpha=1.0 (got {self.alpha}); set distillation_topk "
                 "or full_logit_distillation for other alphas"
             )
-        if self.is_clip is not None and self.is_clip <= 0:
+        if self.is_clip is not None and not self.is_clip > 0:
             bad(f"is_clip must be > 0 or None, got {self.is_clip}")
         if self.is_coef < 0:
             bad(f"is_coef must be >= 0, got {self.is_coef}")
+        if self.loss_aggregation not in losses.LOSS_AGGREGATIONS:
+            bad(f"loss_aggregation must be one of {list(losses.LOSS_AGGREGATIONS)}, got {self.loss_aggregation!r}")
         if not self.dont_reprompt_on_self_success:
             bad(
                 "dont_reprompt_on_self_success=False would let a rollout be its own demonstration; the teacher "
@@ -343,6 +368,34 @@ def _trl_sdpo():
 TRLSDPOTrainer, _TRLContextBuilder = _trl_sdpo()
 
 
+def bf16_supported(use_cpu: bool = False) -> bool:
+    """Whether transformers accepts ``bf16=True`` here (a bf16-capable GPU/XPU/NPU/XLA device, or use_cpu)."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return bool(use_cpu) or is_torch_bf16_gpu_available() or is_torch_xla_available()
+
+
+def _choose_bf16_where_supported() -> None:
+    """TRL's configs: ``bf16=None`` (unset) means bf16 where supported, fp32 elsewhere (see the module doc)."""
+    from trl.trainer.base_config import _BaseConfig
+
+    original = _BaseConfig.__post_init__
+    if getattr(original, "_sdpo_auto_bf16", False):
+        return
+
+    def __post_init__(self, *args, **kwargs):
+        if self.bf16 is None and not self.fp16 and not bf16_supported(self.use_cpu):
+            self.bf16 = False
+        return original(self, *args, **kwargs)
+
+    __post_init__._sdpo_auto_bf16 = True
+    __post_init__.__wrapped__ = original
+    _BaseConfig.__post_init__ = __post_init__
+
+
+_choose_bf16_where_supported()
+
+
 class FeedbackTeacherContextBuilder(_TRLContextBuilder):
     """Builds teacher inputs from :func:`choose_teachers` with per-rollout feedback."""
 
@@ -502,10 +555,10 @@ class SDPOTrainer(TRLSDPOTrainer):
             distillation_logits.student_logits, distillation_logits.teacher_logits, distillation_logits.completion_ids
         )
         old = inputs.get("old_per_token_logps")
-        if old is not None and cfg.is_coef != 0:
+        if old is not None and cfg.is_clip is not None and cfg.is_coef != 0:
             student_lp = losses.token_logprobs(distillation_logits.student_logits, distillation_logits.completion_ids)
             per_token = per_token * losses.importance_weights(student_lp, old, clip=cfg.is_clip, coef=cfg.is_coef)
-        loss = losses.masked_sequence_mean(per_token, mask)
+        loss = losses.aggregate_distillation_loss(per_token, mask, cfg.loss_aggregation)
         token_mean = (per_token.detach() * mask).sum() / mask.sum().clamp(min=1.0)
         self._log_self_distillation_metric(mode, self.accelerator.gather(token_mean).mean().item())
         return loss
