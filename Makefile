@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/sdpo prepare tldr --input_file sample --output data/demo/tldr
 	rm -rf $(DEMO_DIR)
 	$(BIN)/sdpo train-online --train_jsonl data/demo/tldr/train.jsonl --val_jsonl data/demo/tldr/validation.jsonl \
-	  --simulator rule --style concise_casual_beginner --max_steps 8 --save_steps 4 \
+	  --simulator rule --style concise_casual_beginner --system_prompt tldr --max_steps 8 --save_steps 4 \
 	  --per_device_train_batch_size 4 --max_new_tokens 96 --learning_rate 1e-5 \
 	  --summary_prompts 4 --summary_max_new_tokens 64 --output_dir $(DEMO_DIR)
 

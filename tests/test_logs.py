@@ -19,22 +19,45 @@ def _by_id(records):
 def test_wildfeedback_counts():
     records, stats = extract(_rows("wildfeedback"), "wildfeedback")
     assert stats.conversations_seen == 32
-    assert stats.conversations_kept == 30
-    assert stats.dropped == {
-        "conversations with fewer than 3 messages": 1,  # wf-011: "hi" / "Hello!"
-        "conversations with a message over 4096 characters": 1,  # wf-014: pasted lorem ipsum
-    }
-    assert len(records) == stats.records == 47
+    assert stats.conversations_kept == 31
+    # wf-014 (a pasted 4,807-character user message) is kept: the reference's WildFeedback filter
+    # looks at assistant messages only
+    assert stats.dropped == {"conversations with fewer than 3 messages": 1}  # wf-011: "hi" / "Hello!"
+    assert len(records) == stats.records == 48
     assert {r.source for r in records} == {"wildfeedback"}
 
 
 def test_wildchat_counts_and_language_filter():
     records, stats = extract(_rows("wildchat"), "wildchat")
     # es, fr, de, zh, pt, ru conversations are dropped; WildFeedback has no language column
-    assert stats.dropped["conversations not in English"] == 6
+    assert stats.dropped["conversations not in English (or without a language)"] == 6
     assert stats.conversations_kept == 24
     assert len(records) == 41
     assert not any(r.id.startswith(("wc005", "wc006", "wc010", "wc016", "wc023", "wc029")) for r in records)
+
+
+def test_length_and_language_rules_as_the_reference():
+    def conv(user_len, assistant_len, language="English", layout="wildchat"):
+        msgs = [("user", "q" * user_len), ("assistant", "a" * assistant_len), ("user", "thanks, shorter")]
+        if layout == "wildchat":
+            row = {"conversation": [{"role": r, "content": c} for r, c in msgs]}
+            if language is not ...:
+                row["language"] = language
+            return row
+        return {"conversations": [{"from": {"user": "human", "assistant": "gpt"}[r], "value": c} for r, c in msgs]}
+
+    # WildFeedback: a long user message is kept, a long assistant message drops the conversation
+    _, stats = extract([conv(5000, 10, layout="wf"), conv(10, 4097, layout="wf"), conv(10, 4096, layout="wf")],
+                       "wildfeedback")
+    assert stats.conversations_kept == 2
+    assert stats.dropped == {"conversations with an assistant message over 4096 characters": 1}
+    # WildChat: both limits; "english"/"en" in any case; a missing language is dropped
+    _, stats = extract([conv(5000, 10), conv(10, 5000), conv(10, 10, " EN "), conv(10, 10, "english"),
+                        conv(10, 10, None), conv(10, 10, ...), conv(10, 10, "French")], "wildchat")
+    assert stats.conversations_kept == 2
+    assert stats.dropped == {"conversations with a user message over 4096 characters": 1,
+                             "conversations with an assistant message over 4096 characters": 1,
+                             "conversations not in English (or without a language)": 3}
 
 
 def test_correction_conversation_exact_records():
@@ -108,7 +131,7 @@ def test_prepare_command_writes_records_and_stats(tmp_path, capsys):
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 41
     stats = json.loads(out.with_suffix(".stats.json").read_text())
-    assert stats["records"] == 41 and stats["dropped"]["conversations not in English"] == 6
+    assert stats["records"] == 41 and stats["dropped"]["conversations not in English (or without a language)"] == 6
     assert "records written: 41" in capsys.readouterr().out
     # a local parquet export in the real layout goes through datasets.load_dataset too
     import datasets
@@ -116,6 +139,6 @@ def test_prepare_command_writes_records_and_stats(tmp_path, capsys):
     parquet = tmp_path / "wf.parquet"
     datasets.Dataset.from_list(_rows("wildfeedback")).to_parquet(str(parquet))
     assert main(["prepare", "wildfeedback", "--input_file", str(parquet), "--output", str(tmp_path / "wf.jsonl")]) == 0
-    assert len((tmp_path / "wf.jsonl").read_text().splitlines()) == 47
+    assert len((tmp_path / "wf.jsonl").read_text().splitlines()) == 48
     assert main(["prepare", "sharegpt"]) == 2
     assert main(["prepare", "wildchat", "--input_file", str(tmp_path / "missing.jsonl")]) == 2

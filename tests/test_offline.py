@@ -205,7 +205,7 @@ def test_scripts_run_the_pipeline(tmp_path):
     done = subprocess.run(["bash", "scripts/prepare_data_wildfeedback.sh"], capture_output=True, text=True, cwd=ROOT,
                           env=_env(INPUT_FILE="sample", OUTPUT=str(data)), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(data.read_text().splitlines()) == 47
+    assert len(data.read_text().splitlines()) == 48
     out = tmp_path / "run"
     done = subprocess.run(
         ["bash", "scripts/train_offline_sdpo.sh", "--max_steps", "1", "--disable_tqdm", "true"],

@@ -35,15 +35,105 @@ def _args(prompts_file, out, *extra):
 
 def test_prepare_tldr_and_helpsteer2_samples():
     train, val, stats = prepare_tldr(load_prompt_rows("tldr", "sample"))
-    assert (len(train), len(val)) == (36, 6)
-    assert stats["dropped: duplicate post"] == 15 and stats["dropped: post of 1024+ characters"] == 1
-    assert stats["posts in both splits (kept in validation)"] == 1
+    assert (len(train), len(val)) == (37, 5)
+    assert stats["dropped: duplicate post within its split"] == 14
+    assert stats["dropped: prompt of 1024+ characters"] == 1
+    assert stats["dropped: validation post also in train (kept in train)"] == 1
     assert not {r.text for r in train} & {r.text for r in val}
-    assert all(r.text.startswith("Summarize the following Reddit post") for r in train)
+    assert all(r.text.endswith("\nTL;DR:\n") and len(r.text) < 1024 for r in train + val)
     train, val, stats = prepare_helpsteer2(load_prompt_rows("helpsteer2", "sample"))
     assert (len(train), len(val)) == (37, 5)
     assert stats["dropped: multi-turn prompt"] == 1 and stats["dropped: duplicate prompt"] == 11
     assert stats["dropped: prompt or response over 2048 characters"] == 1
+
+
+def _tldr_row(post, split, id_):
+    return {"info": {"id": id_, "post": post}, "split": split}
+
+
+def test_tldr_split_rule_as_the_reference():
+    """process_tldr_dataset.py: cue appended, 1,024+ characters dropped (cue counted), duplicates dropped
+    within a split (normalised: case, whitespace), a post in both splits kept in train only."""
+    rows = [_tldr_row("Cats nap.", "train", "a"), _tldr_row("  cats   NAP. ", "train", "b"),
+            _tldr_row("Cats nap.", "validation", "c"), _tldr_row("Dogs bark.", "validation", "d"),
+            _tldr_row("dogs  bark.", "validation", "e"), _tldr_row("x" * 1016, "train", "f"),
+            _tldr_row("x" * 1015, "train", "g")]
+    train, val, stats = prepare_tldr(rows)
+    assert [r.id for r in train] == ["a", "g"] and [r.id for r in val] == ["d"]
+    assert train[0].text == "Cats nap.\nTL;DR:\n" and len(train[1].text) == 1023
+    assert stats["dropped: duplicate post within its split"] == 2
+    assert stats["dropped: validation post also in train (kept in train)"] == 1
+    assert stats["dropped: prompt of 1024+ characters"] == 1
+
+
+def test_one_pass_step_count_and_prompt_cap(tokenizer):
+    from sdpo.templates import get_template
+    from sdpo.trainers.online import select_prompts, steps_for_one_pass
+    from sdpo.data.prompts import PromptRecord
+
+    for n, bs, ga, world, want in ((16, 4, 1, 1, 4), (16, 2, 4, 1, 2), (17, 2, 4, 1, 3), (256, 4, 1, 4, 16),
+                                   (512, 2, 4, 4, 16), (3, 4, 2, 2, 1), (100, 3, 1, 1, 34)):
+        assert steps_for_one_pass(n, bs, ga, world) == want, (n, bs, ga, world)
+        import math
+        assert want == math.ceil(n / (bs * ga * world))
+    prompts = [PromptRecord([{"role": "user", "content": f"prompt {i} " + "word " * (i % 7) * 20}]) for i in range(40)]
+    t = get_template("hindsight", system_prompt="general")
+    kept, counts = select_prompts(prompts, tokenizer, t, max_prompt_tokens=60, max_prompts=10, seed=42)
+    assert counts["prompts_given"] == 40 and counts["prompts_used"] == len(kept) == 10
+    assert counts["prompts_too_long"] == sum(
+        len(__import__("sdpo.templates", fromlist=["x"]).render_context(tokenizer, t.student_messages(p.messages))) > 60
+        for p in prompts) > 0
+    again, _ = select_prompts(prompts, tokenizer, t, max_prompt_tokens=60, max_prompts=10, seed=42)
+    other, _ = select_prompts(prompts, tokenizer, t, max_prompt_tokens=60, max_prompts=10, seed=1)
+    assert [p.text for p in kept] == [p.text for p in again] != [p.text for p in other]
+    everything, counts = select_prompts(prompts, tokenizer, t, max_prompt_tokens=0, max_prompts=0, seed=42)
+    assert len(everything) == 40 and counts["prompts_too_long"] == 0
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        select_prompts(prompts, tokenizer, t, max_prompt_tokens=3, max_prompts=None, seed=42)
+
+
+def test_online_defaults_are_the_reference():
+    from sdpo.trainers.online import OnlineSDPOConfig
+
+    cfg = OnlineSDPOConfig(train_jsonl="x")
+    assert cfg.advantage_centering == "sequence" and cfg.template == "hindsight"
+    assert cfg.system_prompt == "general" and cfg.learning_rate == 5e-6 and cfg.ppo_clip == 0.2
+    assert cfg.temperature == 1.0 and cfg.save_steps == 3 and cfg.max_train_prompts == 512
+    assert cfg.max_prompt_tokens == 512 and cfg.max_grad_norm == 1.0 and cfg.seed == 42
+
+
+def test_centred_online_loss_matches_float64_reference():
+    """The reference online loss (online_sdpo_trainer.py _compute_loss): per-token advantages minus their
+    per-sequence mean, PPO-clipped surrogate, token mean per sequence, mean over sequences."""
+    torch.manual_seed(0)
+    lengths = [5, 9, 1, 13]
+    student = [torch.randn(n, dtype=torch.float32, requires_grad=True) for n in lengths]
+    teacher = [torch.randn(n) for n in lengths]
+    old = [s.detach() + 0.3 * torch.randn(len(s)) for s in student]  # off-policy: ratios away from 1
+    loss, _ = advantage_pg_loss(student, teacher, centering="sequence", old=old, ppo_clip=0.2)
+    loss.backward()
+    # float64, padded batch as the reference lays it out
+    T = max(lengths)
+    mask = torch.zeros(len(lengths), T, dtype=torch.float64)
+    s64 = torch.zeros(len(lengths), T, dtype=torch.float64)
+    q64 = torch.zeros(len(lengths), T, dtype=torch.float64)
+    o64 = torch.zeros(len(lengths), T, dtype=torch.float64)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        s64[i, :n] = student[i].detach().double()
+        q64[i, :n] = teacher[i].double()
+        o64[i, :n] = old[i].double()
+    s64.requires_grad_(True)
+    adv = (q64 - s64.detach()) * mask
+    mean = (adv * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+    adv = (adv - mean) * mask
+    ratio = torch.exp(s64 - o64)
+    per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv) * mask
+    ref = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    for i, n in enumerate(lengths):
+        assert torch.allclose(student[i].grad.double(), s64.grad[i, :n], atol=1e-6)
 
 
 def test_policy_gradient_matches_float64_reference(tokenizer):

@@ -46,7 +46,7 @@ def test_outputs_are_written(analysis_dir):
 def test_json_roundtrips_and_selectivity_is_right(analysis_dir):
     data = load_signals(analysis_dir / "sdpo_signals.json")
     assert json.loads(json.dumps(data)) == data
-    assert data["model"] == "tiny-random" and data["template"] == "hindsight-system" and data["n_cases"] == 5
+    assert data["model"] == "tiny-random" and data["template"] == "hindsight" and data["n_cases"] == 5
     rel_all, unr_all = [], []
     for case in data["cases"]:
         n = len(case["tokens"])
@@ -76,7 +76,7 @@ def test_template_all_compares(tmp_path, capsys):
     assert main(["signal-analysis", "--model", "tiny-random", "--n_cases", "2", "--template", "all",
                  "--no_token_images", "--out_dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "selectivity_by_template.json").read_text())
-    assert set(summary) == {"hindsight", "hindsight-system"}
+    assert set(summary) == {"hindsight", "hindsight-revise", "hindsight-system"}
     for name in summary:
         assert (tmp_path / name / "report.html").is_file()
         assert not (tmp_path / name / "case0_tokens.png").exists()

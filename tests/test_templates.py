@@ -25,7 +25,11 @@ def test_hindsight_puts_followup_in_last_user_turn():
     assert teacher[-1]["role"] == "user"
     assert teacher[-1]["content"].startswith("Something shorter?")
     assert teacher[-1]["content"].endswith("Too long, just a title please.")
-    assert "next message" in teacher[-1]["content"]
+    content = teacher[-1]["content"]
+    # the reference's structure: request, then a header line, a one-line note, the follow-up
+    request, header, note, followup = content.split("\n", 3)[0], *content.split("\n\n", 1)[1].split("\n", 2)
+    assert request == "Something shorter?" and header == "--- HINDSIGHT ---"
+    assert note.startswith("[") and "later" in note and followup == "Too long, just a title please."
     assert HISTORY[-1]["content"] == "Something shorter?"  # inputs not mutated
 
 
@@ -59,7 +63,34 @@ def test_template_errors():
         as_messages([{"content": "a"}])
     with pytest.raises(TemplateError, match="prompt is empty"):
         as_messages("")
-    assert set(TEMPLATE_NAMES) == {"hindsight", "hindsight-system"}
+    assert set(TEMPLATE_NAMES) == {"hindsight", "hindsight-revise", "hindsight-system"}
+
+
+def test_revise_template_is_the_offline_structure():
+    t = get_template("hindsight-revise")
+    teacher = t.teacher_messages(HISTORY, "Still too long.")
+    assert teacher[:2] == HISTORY[:2] and len(teacher) == 3
+    body = teacher[-1]["content"]
+    assert body.startswith("Something shorter?\n\n--- HINDSIGHT ---\n[")
+    assert "earlier answer" in body and body.endswith("User's reply: Still too long.")
+
+
+def test_empty_system_prompt_adds_an_empty_system_message_and_presets():
+    from sdpo.templates import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE, SYSTEM_PROMPT_PRESETS
+
+    assert (DEFAULT_TEMPLATE, DEFAULT_OFFLINE_TEMPLATE) == ("hindsight", "hindsight-revise")
+    t = get_template("hindsight", system_prompt="general")
+    assert t.student_messages("hi") == [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]
+    assert t.teacher_messages("hi", "ok")[0] == {"role": "system", "content": ""}
+    assert get_template("hindsight").student_messages("hi") == [{"role": "user", "content": "hi"}]
+    tldr = get_template("hindsight", system_prompt="tldr")
+    msgs = tldr.student_messages("My cat naps all day.\nTL;DR:\n")
+    assert msgs == [{"role": "system", "content": SYSTEM_PROMPT_PRESETS["tldr"]},
+                    {"role": "user", "content": "My cat naps all day."}]
+    assert tldr.teacher_messages("My cat naps.\nTL;DR:", "shorter")[-1]["content"].startswith("My cat naps.\n\n---")
+    # an existing system message is kept; an empty preset does not add a second one
+    with_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert t.student_messages(with_system) == with_system
 
 
 def test_custom_note():

@@ -8,10 +8,18 @@ generation prompt, so the same response tokens can be scored under each.
 
 Built-in templates (select by name with :func:`get_template`):
 
-* ``hindsight`` - ``o`` goes inside the last user message, after the request,
-  under a short note saying it is the user's next message and should guide the answer.
-* ``hindsight-system`` - ``o`` goes into the system message instead (appended to an
-  existing system message, or a new one).
+* ``hindsight`` (online default, the reference's structure) - ``o`` goes inside the
+  last user message, after the request, under a header and a one-line note saying it
+  is a later message from the user that should guide the answer;
+* ``hindsight-revise`` (offline default, the reference's structure) - the same place
+  and header, with a note saying ``o`` is the user's reply to an earlier attempt that
+  fell short;
+* ``hindsight-system`` (ours, an option) - ``o`` goes into the system message instead
+  (appended to an existing system message, or a new one).
+
+A ``system_prompt`` of ``""`` still adds a system message (empty), as the reference's
+online trainer always has one; ``None`` adds none. Named presets (``tldr``,
+``general``) are resolved by :func:`resolve_system_prompt`.
 """
 
 from __future__ import annotations
@@ -23,7 +31,22 @@ from typing import Any, Sequence
 Message = dict[str, Any]
 Messages = list[Message]
 
+# The reference's structure (lasgroup/user_interactions, see docs/FIDELITY.md): after the
+# request, a header line, a one-line note, then the follow-up. Our own wording.
+HINDSIGHT_HEADER = "\n\n--- HINDSIGHT ---\n"
 USER_TURN_NOTE = (
+    HINDSIGHT_HEADER
+    + "[Below is a message this user will send later. Let it guide your answer to the request above.]\n"
+    "{followup}"
+)
+REVISE_NOTE = (
+    HINDSIGHT_HEADER
+    + "[Below is the user's reply to an earlier answer to this request that fell short. Answer the request "
+    "above better.]\n"
+    "User's reply: {followup}"
+)
+# Our earlier user-turn wording (kept for comparisons in benchmarks/RESULTS.md).
+LEGACY_USER_TURN_NOTE = (
     "\n\n(For context: after reading your answer, my next message will be the one quoted "
     "below. Write the answer that this reaction shows I actually wanted.)\n"
     "My next message: {followup}"
@@ -69,15 +92,15 @@ class TeacherTemplate:
     placement: str
     note: str
     system_prompt: str | None = None
+    strip_tldr_cue: bool = False  # set by the ``tldr`` system-prompt preset, as in the reference
 
     def student_messages(self, x: str | Sequence[Message]) -> Messages:
-        messages = as_messages(x)
-        return self._with_system_prompt(messages)
+        return self._with_system_prompt(self._task_messages(x))
 
     def teacher_messages(self, x: str | Sequence[Message], followup: str) -> Messages:
         if not isinstance(followup, str) or not followup.strip():
             raise TemplateError("the follow-up o is empty; the teacher context needs hindsight text")
-        messages = self._with_system_prompt(as_messages(x))
+        messages = self._with_system_prompt(self._task_messages(x))
         note = self.note.format(followup=followup.strip())
         if self.placement == "user":
             last = messages[-1]
@@ -91,26 +114,62 @@ class TeacherTemplate:
             raise TemplateError(f"unknown placement {self.placement!r}")
         return messages
 
+    def _task_messages(self, x) -> Messages:
+        messages = as_messages(x)
+        if self.strip_tldr_cue:
+            messages[-1] = {**messages[-1], "content": strip_tldr_cue(messages[-1]["content"])}
+        return messages
+
     def _with_system_prompt(self, messages: Messages) -> Messages:
         messages = copy.deepcopy(messages)
-        if self.system_prompt:
-            if messages[0]["role"] == "system":
+        if self.system_prompt is None:
+            return messages
+        if messages[0]["role"] == "system":
+            if self.system_prompt:
                 messages[0]["content"] = self.system_prompt + "\n\n" + messages[0]["content"]
-            else:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
+        else:  # "" still adds an (empty) system message, as the reference always has one
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
         return messages
 
 
 _REGISTRY = {
     "hindsight": dict(placement="user", note=USER_TURN_NOTE),
+    "hindsight-revise": dict(placement="user", note=REVISE_NOTE),
     "hindsight-system": dict(placement="system", note=SYSTEM_NOTE),
 }
 TEMPLATE_NAMES = tuple(_REGISTRY)
-# Chosen by measurement (`sdpo signal-analysis --template all`, benchmarks/RESULTS.md): on the
-# embedded model the system placement separated relevant from unrelated follow-ups better
-# (pooled selectivity 0.997 vs 0.862 for the user-turn placement). Neither exceeds 1 on a
-# 135M model; re-measure on your model and pass --template to choose.
-DEFAULT_TEMPLATE = "hindsight-system"
+# The reference's placement and structure are the defaults (online: a later message;
+# offline: a reply to an earlier attempt). On the embedded 135M model the system placement
+# measured a higher pooled selectivity (benchmarks/RESULTS.md), so it stays an option: run
+# `sdpo signal-analysis --template all` on your own model and pass --template to choose.
+DEFAULT_TEMPLATE = "hindsight"
+DEFAULT_OFFLINE_TEMPLATE = "hindsight-revise"
+
+# System prompts by name (the reference's presets): the TL;DR task's, and the empty one.
+SYSTEM_PROMPT_PRESETS = {
+    "tldr": "Summarize the text in one or two sentences. Start with 'TL;DR:' and write nothing but the summary.",
+    "general": "",
+}
+
+
+def resolve_system_prompt(value: str | None) -> str | None:
+    """A preset name (``tldr``, ``general``) becomes its text; other strings and ``None`` pass through."""
+    if value is None:
+        return None
+    return SYSTEM_PROMPT_PRESETS.get(value.strip().lower(), value)
+
+
+TLDR_CUES = ("\nTL;DR:\n", "\nTL;DR:", "TL;DR:\n", "TL;DR:")
+
+
+def strip_tldr_cue(text: str) -> str:
+    """The post without its trailing "TL;DR:" cue (the reference strips it when the TL;DR system
+    prompt asks for a summary that starts with "TL;DR:")."""
+    s = text.rstrip()
+    for cue in TLDR_CUES:
+        if s.endswith(cue):
+            return s[: -len(cue)].rstrip()
+    return s
 
 
 def get_template(
@@ -121,10 +180,18 @@ def get_template(
 ) -> TeacherTemplate:
     """A built-in template by name; ``note`` overrides its wording (must contain ``{followup}``)."""
     if isinstance(name, TeacherTemplate):
+        if system_prompt is not None:
+            import dataclasses
+
+            return dataclasses.replace(name, system_prompt=resolve_system_prompt(system_prompt),
+                                       strip_tldr_cue=name.strip_tldr_cue or system_prompt.strip().lower() == "tldr")
         return name
     if name not in _REGISTRY:
         raise TemplateError(f"unknown template {name!r}; choose one of: {', '.join(TEMPLATE_NAMES)}")
     spec = dict(_REGISTRY[name])
+    if system_prompt is not None and system_prompt.strip().lower() == "tldr":
+        spec["strip_tldr_cue"] = True
+    system_prompt = resolve_system_prompt(system_prompt)
     if note is not None:
         if "{followup}" not in note:
             raise TemplateError("a custom template note must contain the placeholder {followup}")

@@ -11,8 +11,10 @@ Rules, applied in this order to each conversation:
    (whitespace-only) messages are removed; consecutive messages of the same role are
    merged (joined by a blank line);
 2. the conversation is dropped if it then has fewer than 3 messages, more than
-   100,000 characters in total, or any message over 4,096 characters; WildChat also
-   drops non-English conversations;
+   100,000 characters in total, or an assistant message over 4,096 characters;
+   WildChat also drops conversations with a user message over 4,096 characters and
+   those whose language is not "english"/"en" (a missing language is dropped), as the
+   reference preprocessors do;
 3. every assistant message directly followed by a user message gives one record:
    ``y`` = the assistant message, ``o`` = the user's next message, ``x`` = the
    preceding messages cut to the last 5, then trimmed at the front until it starts
@@ -103,14 +105,27 @@ def normalize_messages(raw: list[dict], *, role_key: str, content_key: str, wher
     return out
 
 
-def conversation_drop_reason(messages: list[dict[str, str]]) -> str | None:
+def conversation_drop_reason(messages: list[dict[str, str]], source: str = "wildchat") -> str | None:
+    """As the reference preprocessors: both drop long assistant messages; only WildChat's also drops
+    conversations with a long user message (preprocess_wildchat.py vs preprocess_wildfeedback.py)."""
     if len(messages) < MIN_MESSAGES:
         return f"fewer than {MIN_MESSAGES} messages"
     if sum(len(m["content"]) for m in messages) > MAX_CONVERSATION_CHARS:
         return f"over {MAX_CONVERSATION_CHARS} characters"
-    if any(len(m["content"]) > MAX_MESSAGE_CHARS for m in messages):
-        return f"a message over {MAX_MESSAGE_CHARS} characters"
+    if any(m["role"] == "assistant" and len(m["content"]) > MAX_MESSAGE_CHARS for m in messages):
+        return f"an assistant message over {MAX_MESSAGE_CHARS} characters"
+    if source == "wildchat" and any(m["role"] == "user" and len(m["content"]) > MAX_MESSAGE_CHARS for m in messages):
+        return f"a user message over {MAX_MESSAGE_CHARS} characters"
     return None
+
+
+ENGLISH_VALUES = {"english", "en"}
+
+
+def is_english(language) -> bool:
+    """WildChat's conversation-level language, as the reference reads it: "english" or "en" (any case);
+    a missing language is not English."""
+    return isinstance(language, str) and language.strip().lower() in ENGLISH_VALUES
 
 
 def extract_pairs(messages: list[dict[str, str]], *, conv_id: str, source: str, stats: ExtractionStats):
@@ -178,10 +193,10 @@ def extract(
             continue
         stats.conversations_seen += 1
         conv_id, messages, language = parse(rows[index], index)
-        if english_only and language is not None and str(language).lower() != "english":
-            stats.dropped["conversations not in English"] += 1
+        if english_only and not is_english(language):
+            stats.dropped["conversations not in English (or without a language)"] += 1
             continue
-        reason = conversation_drop_reason(messages)
+        reason = conversation_drop_reason(messages, source)
         if reason:
             stats.dropped[f"conversations with {reason}"] += 1
             continue
@@ -209,7 +224,7 @@ def sample_path(source: str) -> Path:
 
 def load_rows(source: str, input_file: str | None = None, *, split: str = "train"):
     """Conversation rows from a local export (``input_file``) or the hub dataset."""
-    import datasets
+    from sdpo.data.hub import input_file_hint, load_hub_dataset
 
     if input_file in ("sample", "bundled"):
         input_file = str(sample_path(source))
@@ -218,5 +233,4 @@ def load_rows(source: str, input_file: str | None = None, *, split: str = "train
 
         return load_local_table(input_file)
     spec = SOURCES[source]
-    args = (spec["hub_id"], spec["config"]) if spec["config"] else (spec["hub_id"],)
-    return datasets.load_dataset(*args, split=split)
+    return load_hub_dataset(spec["hub_id"], spec["config"], split=split, hint=input_file_hint())

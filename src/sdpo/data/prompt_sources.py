@@ -1,9 +1,12 @@
 """Prompt sets for online training: TL;DR posts and HelpSteer2 prompts.
 
 * TL;DR (``openai/summarize_from_feedback``, config ``comparisons``; rows carry
-  ``info`` with ``post``/``title``/``subreddit`` and a ``split``): posts are made unique
-  by a hash of the normalised text (lower case, whitespace collapsed); a post found in
-  both splits stays in validation only; posts of 1,024 characters or more are dropped.
+  ``info`` with ``post`` and a ``split``), as the reference's ``process_tldr_dataset.py``:
+  the prompt is the post followed by a ``TL;DR:`` cue; prompts of 1,024 characters or
+  more are dropped; duplicates (lower case, whitespace collapsed) are dropped within each
+  split; a post found in both splits stays in train and leaves validation. Train with
+  ``--system_prompt tldr`` (the task's system prompt; the cue is then stripped, as the
+  reference does).
 * HelpSteer2 (``nvidia/HelpSteer2``; rows with ``prompt`` and ``response``): multi-turn
   prompts (those with ``<extra_id_`` markers) are dropped, as are rows whose prompt or
   response exceeds 2,048 characters; exact duplicate prompts are removed.
@@ -20,9 +23,9 @@ from collections import Counter
 from sdpo.data.io import DataFileError
 from sdpo.data.prompts import PromptRecord
 
-TLDR_MAX_POST_CHARS = 1024
+TLDR_MAX_PROMPT_CHARS = 1024
+TLDR_CUE = "\nTL;DR:\n"
 HELPSTEER_MAX_CHARS = 2048
-TLDR_INSTRUCTION = "Summarize the following Reddit post in a few sentences.\n\nSUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}"
 
 PROMPT_SOURCES = {
     "tldr": dict(hub_id="openai/summarize_from_feedback", config="comparisons", splits=("train", "validation"),
@@ -48,9 +51,11 @@ def _split_of(row: dict, key: str) -> str:
 
 
 def prepare_tldr(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]:
+    """The reference's TL;DR prompts: each post followed by a "TL;DR:" cue; prompts of 1,024+
+    characters (cue included) dropped; duplicates (normalised text) dropped within each split,
+    first occurrence kept; a post found in both splits stays in train and leaves validation."""
     stats: Counter = Counter()
-    chosen: dict[str, tuple[str, PromptRecord]] = {}  # hash -> (split, record)
-    splits_seen: dict[str, set] = {}
+    splits: dict[str, dict[str, PromptRecord]] = {"train": {}, "validation": {}}  # split -> key -> record
     for index, row in enumerate(rows):
         stats["rows seen"] += 1
         info = row.get("info") if isinstance(row, dict) else None
@@ -60,25 +65,22 @@ def prepare_tldr(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]
         if not post:
             stats["dropped: empty post"] += 1
             continue
-        if len(post) >= TLDR_MAX_POST_CHARS:
-            stats[f"dropped: post of {TLDR_MAX_POST_CHARS}+ characters"] += 1
+        prompt = post + TLDR_CUE
+        if len(prompt) >= TLDR_MAX_PROMPT_CHARS:
+            stats[f"dropped: prompt of {TLDR_MAX_PROMPT_CHARS}+ characters"] += 1
             continue
-        key = _digest(normalize_post(post))
-        split = _split_of(row, key)
-        splits_seen.setdefault(key, set()).add(split)
+        key = _digest(normalize_post(prompt))
+        chosen = splits[_split_of(row, key)]
         if key in chosen:
-            stats["dropped: duplicate post"] += 1
-            if split == "validation" and chosen[key][0] == "train":
-                chosen[key] = (split, chosen[key][1])  # a post in both splits stays in validation only
+            stats["dropped: duplicate post within its split"] += 1
             continue
-        prompt = TLDR_INSTRUCTION.format(subreddit=info.get("subreddit") or "unknown",
-                                         title=(info.get("title") or "").strip(), post=post)
-        chosen[key] = (split, PromptRecord([{"role": "user", "content": prompt}], id=str(info.get("id") or key[:12]),
-                                           source="tldr"))
-    stats["posts in both splits (kept in validation)"] = sum(len(s) > 1 for s in splits_seen.values())
-    train = [r for s, r in chosen.values() if s == "train"]
-    val = [r for s, r in chosen.values() if s == "validation"]
-    return train, val, stats
+        chosen[key] = PromptRecord([{"role": "user", "content": prompt}], id=str(info.get("id") or key[:12]),
+                                   source="tldr")
+    in_both = [k for k in splits["validation"] if k in splits["train"]]
+    for key in in_both:
+        del splits["validation"][key]
+    stats["dropped: validation post also in train (kept in train)"] = len(in_both)
+    return list(splits["train"].values()), list(splits["validation"].values()), stats
 
 
 def prepare_helpsteer2(rows) -> tuple[list[PromptRecord], list[PromptRecord], Counter]:
@@ -108,8 +110,7 @@ def prepare_helpsteer2(rows) -> tuple[list[PromptRecord], list[PromptRecord], Co
 
 def load_prompt_rows(source: str, input_file: str | None):
     """Rows from a local export (with or without a ``split`` column) or both hub splits."""
-    import datasets
-
+    from sdpo.data.hub import input_file_hint, load_hub_dataset
 
     spec = PROMPT_SOURCES[source]
     if input_file in ("sample", "bundled"):
@@ -122,7 +123,6 @@ def load_prompt_rows(source: str, input_file: str | None):
         return list(load_local_table(input_file))
     rows = []
     for split in spec["splits"]:
-        args = (spec["hub_id"], spec["config"]) if spec["config"] else (spec["hub_id"],)
-        for row in datasets.load_dataset(*args, split=split):
+        for row in load_hub_dataset(spec["hub_id"], spec["config"], split=split, hint=input_file_hint()):
             rows.append({**row, "split": "train" if split == "train" else "validation"})
     return rows

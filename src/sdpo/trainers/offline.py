@@ -5,7 +5,8 @@ gradient accumulation and accelerate / DeepSpeed / FSDP launches come with it. W
 this module adds:
 
 * :class:`OfflineSDPOConfig` - ``TrainingArguments`` plus the SDPO options, with the
-  reference defaults (LR 2e-6, cosine schedule, 5 % warm-up, 2 epochs, batch 4 x 8);
+  reference defaults (LR 2e-6, cosine schedule, 5 % warm-up, 2 epochs, batch 4 x 8,
+  gradient clipping 10, the ``hindsight-revise`` teacher context);
 * :class:`InteractionDataset` - records tokenized once up front (both contexts
   through the chat template, ``y`` once, EOS appended, contexts cut from the left);
 * :class:`OfflineSDPOTrainer` - ``compute_loss`` scores each batch with the signal
@@ -31,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from sdpo.distributed import consolidate_zero3_saves, full_state_dict_for_final_save, sharded_launch
 from sdpo.losses import CENTERING, advantage_pg_loss
 from sdpo.signal import EncodedExample, completion_logprobs, encode_examples, hindsight_logprobs
-from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
+from sdpo.templates import DEFAULT_OFFLINE_TEMPLATE, TEMPLATE_NAMES
 
 
 @dataclass
@@ -40,7 +41,8 @@ class OfflineSDPOConfig(TrainingArguments):
 
     model_name_or_path: str = field(default="smollm2-135m", metadata={"help": "policy: alias, path, .gguf or hub id"})
     train_jsonl: str | None = field(default=None, metadata={"help": "interaction records (sdpo prepare ...)"})
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
+    template: str = field(default=DEFAULT_OFFLINE_TEMPLATE,
+                          metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
     max_context_tokens: int = field(default=2048, metadata={"help": "contexts are cut from the left to this"})
     ignore_first_tokens: int = field(default=2, metadata={"help": "response tokens at the start left out of the loss"})
     advantage_centering: str = field(default="none", metadata={"help": "none or sequence (mean-centre per response)"})
@@ -61,6 +63,9 @@ class OfflineSDPOConfig(TrainingArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "epochs"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "records per device per step"})
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "micro-steps per optimizer step"})
+    max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping (the reference's 10)"})
+    optim: str = field(default="adamw_torch", metadata={
+        "help": "optimizer; the reference uses adamw_bnb_8bit (8-bit AdamW, needs bitsandbytes and a GPU)"})
     logging_steps: float = field(default=1, metadata={"help": "log every N steps"})
     save_steps: float = field(default=100, metadata={"help": "checkpoint every N steps"})
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random or group_by_length"})
@@ -79,6 +84,12 @@ class OfflineSDPOConfig(TrainingArguments):
             self.use_cpu = True
         if self.run_name is None:
             self.run_name = Path(self.output_dir).name  # the tracker's run is named after the output folder
+        if "bnb" in str(self.optim) or "8bit" in str(self.optim):
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError(f"optim={self.optim} needs bitsandbytes (pip install bitsandbytes; CUDA GPUs); "
+                                 "use --optim adamw_torch otherwise")
         super().__post_init__()
         if self.template not in TEMPLATE_NAMES:
             raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
@@ -98,7 +109,7 @@ class InteractionDataset(Dataset):
         self.lengths = [len(e.teacher_context) + len(e.response) for e in encoded]
 
     @classmethod
-    def from_records(cls, records, tokenizer, *, template=DEFAULT_TEMPLATE, max_context_tokens=2048, append_eos=True):
+    def from_records(cls, records, tokenizer, *, template=DEFAULT_OFFLINE_TEMPLATE, max_context_tokens=2048, append_eos=True):
         examples = [(r.x, r.y, r.o) for r in records]
         return cls(
             encode_examples(tokenizer, examples, template, max_context_tokens=max_context_tokens, append_eos=append_eos)

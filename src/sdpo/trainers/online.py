@@ -66,7 +66,15 @@ class OnlineSDPOConfig:
     simulator_temperature: float | None = field(default=None, metadata={"help": "default 0.7 local, 0 API"})
     simulator_max_new_tokens: int | None = field(default=None, metadata={"help": "default 128 local, 256 API"})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for generation and scoring"})
+    system_prompt: str | None = field(
+        default="general", metadata={"help": "system message for generation and scoring: a preset (general = empty "
+                                             "message, as the reference; tldr = the TL;DR task's, strips the prompts' "
+                                             "'TL;DR:' cue) or the text itself"})
+    max_prompt_tokens: int | None = field(
+        default=512, metadata={"help": "drop prompts whose rendered context is longer (reference: 512); 0 = keep all"})
+    max_train_prompts: int | None = field(
+        default=512, metadata={"help": "train on a seeded random subset of at most N prompts (reference: 512 "
+                                       "HelpSteer2, 256 TL;DR); 0 = all"})
     max_context_tokens: int = field(default=2048, metadata={"help": "contexts are cut from the left to this"})
     max_new_tokens: int = field(default=256, metadata={"help": "response length limit"})
     temperature: float = field(default=1.0, metadata={"help": "policy sampling temperature"})
@@ -77,9 +85,13 @@ class OnlineSDPOConfig:
         default=None, metadata={"help": "rows per policy generate call; default all the optimizer step's prompts "
                                         "(per_device_train_batch_size x gradient_accumulation_steps), sampled "
                                         "and simulated together"})
-    max_steps: int | None = field(default=None, metadata={"help": "default: one pass over the prompts"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "optimizer steps; default one pass: ceil(prompts / (batch x accumulation "
+                                        "x processes))"})
     save_steps: int = field(default=3, metadata={"help": "checkpoint every N steps (and at the end)"})
-    advantage_centering: str = field(default="none", metadata={"help": "none or sequence"})
+    advantage_centering: str = field(
+        default="sequence", metadata={"help": "sequence (subtract each response's mean advantage, as the reference "
+                                              "online trainer) or none"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clip advantages to [-c, c]"})
     ppo_clip: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
     ignore_first_tokens: int = field(default=0, metadata={"help": "response tokens left out of the loss"})
@@ -93,7 +105,7 @@ class OnlineSDPOConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
-    seed: int = field(default=0, metadata={"help": "random seed (data order, sampling)"})
+    seed: int = field(default=42, metadata={"help": "random seed (prompt subset, data order, sampling)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint dir, or 'last'"})
     summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
     summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
@@ -115,6 +127,18 @@ class OnlineSDPOConfig:
             raise ValueError(f"report_to must be trackio, wandb or none, got {self.report_to!r}")
         if self.save_steps < 1:
             raise ValueError("save_steps must be >= 1")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_new_tokens",
+                     "max_context_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "summary_prompts", "max_prompt_tokens", "max_train_prompts"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name == "max_steps" else 0):
+                raise ValueError(f"{name} must be {'>= 1 or unset' if name == 'max_steps' else '>= 0'}, got {value}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError("generation_batch_size must be >= 1")
         if self.output_dir is None:
@@ -167,6 +191,33 @@ def generate(model, tokenizer, contexts, *, max_new_tokens, temperature, device)
     return responses, texts
 
 
+def steps_for_one_pass(n_prompts: int, batch_size: int, grad_accum: int, world: int) -> int:
+    """Optimizer steps that visit every prompt once: ceil(N / (BS x GA x processes)); the last
+    step wraps around to the start of the next (seeded) pass to fill its batch."""
+    per_step = batch_size * grad_accum * world
+    return max(1, -(-n_prompts // per_step))
+
+
+def select_prompts(prompts, tokenizer, template, *, max_prompt_tokens, max_prompts, seed):
+    """The reference's prompt selection: drop prompts whose rendered student context is longer than
+    ``max_prompt_tokens``, then a seeded random subset of at most ``max_prompts`` (0/None = all).
+    Returns the prompts and counts for the log."""
+    kept = list(prompts)
+    too_long = 0
+    if max_prompt_tokens:
+        kept = [p for p in prompts
+                if len(render_context(tokenizer, template.student_messages(p.messages))) <= max_prompt_tokens]
+        too_long = len(prompts) - len(kept)
+    if not kept:
+        raise ValueError(f"every prompt ({len(prompts)}) is longer than max_prompt_tokens={max_prompt_tokens} "
+                         "tokens; raise --max_prompt_tokens (0 keeps all)")
+    if max_prompts and len(kept) > max_prompts:
+        order = list(range(len(kept)))
+        random.Random(seed).shuffle(order)
+        kept = [kept[i] for i in sorted(order[:max_prompts])]
+    return kept, {"prompts_given": len(prompts), "prompts_too_long": too_long, "prompts_used": len(kept)}
+
+
 class OnlineSDPOTrainer:
     def __init__(self, cfg: OnlineSDPOConfig, *, model=None, tokenizer=None, simulator=None, prompts=None,
                  val_prompts=None):
@@ -200,6 +251,13 @@ class OnlineSDPOTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.template = get_template(cfg.template, system_prompt=cfg.system_prompt)
+        self.prompts, self.prompt_selection = select_prompts(
+            self.prompts, self.tokenizer, self.template, max_prompt_tokens=cfg.max_prompt_tokens,
+            max_prompts=cfg.max_train_prompts, seed=cfg.seed)
+        if self.val_prompts:
+            self.val_prompts, _ = select_prompts(self.val_prompts, self.tokenizer, self.template,
+                                                 max_prompt_tokens=cfg.max_prompt_tokens, max_prompts=None,
+                                                 seed=cfg.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -207,8 +265,8 @@ class OnlineSDPOTrainer:
             self.simulator.model.to(self.accelerator.device)
         world = self.accelerator.num_processes
         self.global_batch = cfg.per_device_train_batch_size * world
-        steps_per_pass = max(1, len(self.prompts) // self.global_batch)
-        self.max_steps = cfg.max_steps or steps_per_pass * cfg.gradient_accumulation_steps
+        self.max_steps = cfg.max_steps or steps_for_one_pass(len(self.prompts), cfg.per_device_train_batch_size,
+                                                             cfg.gradient_accumulation_steps, world)
         self.step = 0
         self.micro = 0
 
@@ -374,6 +432,10 @@ class OnlineSDPOTrainer:
         if cfg.resume_from_checkpoint:
             resumed = self.load_checkpoint(cfg.resume_from_checkpoint)
             acc.print(f"resumed from {resumed} at step {self.step}")
+        sel = self.prompt_selection
+        acc.print(f"prompts: training on {sel['prompts_used']} of {sel['prompts_given']} "
+                  f"({sel['prompts_too_long']} longer than max_prompt_tokens={cfg.max_prompt_tokens} dropped, "
+                  f"max_train_prompts={cfg.max_train_prompts}); {self.max_steps} optimizer steps")
         tracker = self._start_tracker() if acc.is_main_process else None
         before = self._summary_generations() if self.step == 0 else None
         bar = None
@@ -459,7 +521,7 @@ class OnlineSDPOTrainer:
         from sdpo.feedback.simulators import rule_score
 
         style = self.cfg.style
-        summary: dict = {"steps": self.step, "style": style}
+        summary: dict = {"steps": self.step, "style": style, **self.prompt_selection}
         if history:
             k = max(1, len(history) // 3)
             for name in ("persona_rule_score", "response_tokens_mean", "signal_abs_mean"):
