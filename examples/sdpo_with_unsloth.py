@@ -49,7 +49,7 @@ def main():
     from trl import GRPOConfig
 
     from sdpo.tasks import _tasks, greedy_answers, score_answers
-    from sdpo.trainers.rich import SDPOConfig, SDPOTrainer
+    from sdpo_trainer import SDPOConfig, SDPOTrainer  # the seed's import path (same classes as sdpo.SDPOTrainer)
 
     task = _tasks()["addition"]
     train_rows, held_out = task.build(args.train_size, args.eval_size, args.seed)

@@ -116,6 +116,19 @@ def test_masked_sequence_mean():
     assert losses.masked_sequence_mean(x, mask).item() == pytest.approx(want, rel=1e-12)
 
 
+def test_masked_token_mean_and_aggregation_choice():
+    x = _logits(16, (3, 4))
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    want = (float(x[0, 0]) + float(x[0, 1]) + sum(float(v) for v in x[2])) / 6
+    assert losses.masked_token_mean(x, mask).item() == pytest.approx(want, rel=1e-12)
+    assert losses.aggregate_distillation_loss(x, mask).item() == pytest.approx(want, rel=1e-12)  # the default
+    assert losses.aggregate_distillation_loss(x, mask, "sequence_mean_trl").item() == pytest.approx(
+        losses.masked_sequence_mean(x, mask).item(), rel=1e-12)
+    assert losses.masked_token_mean(x, torch.zeros(3, 4)).item() == 0.0
+    with pytest.raises(ValueError, match="loss_aggregation must be one of"):
+        losses.aggregate_distillation_loss(x, mask, "mean")
+
+
 def test_invalid_alpha_is_refused():
     with pytest.raises(ValueError, match="alpha"):
         losses.generalized_jsd(torch.zeros(3), torch.zeros(3), 1.5)

@@ -130,7 +130,8 @@ def example_parser(task: str, description: str, **defaults) -> argparse.Argument
     p.add_argument("--eval-size", type=int, default=defaults.get("eval_size", 50))
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--distillation-topk", type=int, default=100)
-    p.add_argument("--teacher-mode", default="ema", choices=["ema", "live", "frozen"])
+    p.add_argument("--teacher-mode", default="ema", choices=["ema", "live", "frozen", "copy", "fixed"],
+                   help="ema (default), live / copy (the current student), frozen / fixed (the initial model)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=f"runs/example-{task}")
@@ -202,7 +203,7 @@ def run_example(task_name: str, args: argparse.Namespace) -> dict:
         per_device_train_batch_size=args.num_generations * args.prompts_per_step,
         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
         temperature=args.temperature, logging_steps=1, save_strategy="no", report_to=[], seed=args.seed,
-        use_cpu=not _cuda(), bf16=False, lr_scheduler_type="constant",
+        lr_scheduler_type="constant",  # bf16 left unset: bf16 on a GPU that supports it, fp32 on CPU
     )
     trainer = SDPOTrainer(model=model, args=grpo, sdpo_config=sdpo_config, processing_class=tokenizer,
                           reward_funcs=[task.reward], train_dataset=Dataset.from_list(train_rows))
