@@ -5,7 +5,8 @@
     sdpo prepare wildchat --input_file sample          # the sample shipped with sdpo
 
 Writes JSONL records and a ``.stats.json`` beside them with what was kept and
-dropped, by reason.
+dropped, by reason. A hub dataset out of reach, or an empty, unreadable or malformed
+``--input_file``, is one error line with the fix.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def run(args: PrepareArguments) -> int:
         dedupe=args.dedupe,
     )
     if not records:
-        raise UsageError(f"no records extracted\n{stats.summary()}")
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(stats.dropped.items())) or "none"
+        raise UsageError(f"no (x, y, o) records extracted from {args.input_file or args.dataset} "
+                         f"({stats.conversations_seen} conversations seen; dropped: {dropped})")
     out = Path(args.output or DEFAULT_OUTPUTS[args.dataset])
     write_interactions(records, out)
     stats_path = out.with_suffix(".stats.json")
@@ -89,7 +92,8 @@ def _prepare_prompts(args: PrepareArguments) -> int:
     prepare = prepare_tldr if args.dataset == "tldr" else prepare_helpsteer2
     train, val, stats = prepare(rows)
     if not train:
-        raise UsageError(f"no training prompts extracted: {dict(stats)}")
+        raise UsageError(f"no training prompts extracted from {args.input_file or args.dataset}: "
+                         + ", ".join(f"{k} {v}" for k, v in stats.items()))
     out = Path(args.output or PROMPT_SOURCES[args.dataset]["out"])
     write_prompts(train, out / "train.jsonl")
     write_prompts(val, out / "validation.jsonl")

@@ -7,8 +7,9 @@ One JSON object per line:
 
 ``x`` is the chat history before ``y`` (messages with ``role`` and ``content``, the
 last one a user turn); ``id`` and ``source`` are optional. :func:`load_interactions`
-validates every line and names the file, line and field of the first bad record,
-or, with ``skip_invalid=True``, counts and reports the bad lines instead.
+validates every line and names the file, line and field of every bad record (up to
+20, the rest counted) in one error, or, with ``skip_invalid=True``, counts and reports
+the bad lines instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdpo.data.io import JSONLineError, iter_jsonl
+from sdpo.data.io import BadLines, JSONLineError, iter_jsonl
 from typing import Any
 
 _ROLES = {"system", "user", "assistant"}
@@ -98,6 +99,7 @@ def load_interactions(path: str | Path, *, skip_invalid: bool = False) -> tuple[
         raise RecordError(f"{path}: no such file")
     report = LoadReport(str(path))
     records = []
+    bad = BadLines(path)
     for lineno, obj in iter_jsonl(path):
         try:
             if isinstance(obj, JSONLineError):
@@ -105,11 +107,14 @@ def load_interactions(path: str | Path, *, skip_invalid: bool = False) -> tuple[
             records.append(validate_record(obj))
         except RecordError as err:
             if not skip_invalid:
-                raise RecordError(f"{path}:{lineno}: {err} (use --skip_invalid to count and skip such lines)") from None
+                bad.add(lineno, str(err))
+                continue
             reason = str(err).split(" (")[0]
             report.skipped[reason] += 1
             if len(report.first_errors) < 5:
                 report.first_errors.append(f"{path}:{lineno}: {err}")
+    if bad:
+        raise RecordError(bad.message("use --skip_invalid to count and skip such lines"))
     report.kept = len(records)
     if not records:
         raise RecordError(f"{path}: no valid records")
