@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdpo.data.interactions import RecordError
-from sdpo.data.io import JSONLineError, iter_jsonl
+from sdpo.data.io import BadLines, JSONLineError, iter_jsonl
 from sdpo.templates import TemplateError, as_messages
 
 
@@ -56,14 +56,16 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"{path}: no such file")
-    records = []
+    records, bad = [], BadLines(path)  # every bad line (up to a cap) is named in one error
     for lineno, obj in iter_jsonl(path):
         try:
             if isinstance(obj, JSONLineError):
                 raise RecordError(str(obj))
             records.append(parse_prompt(obj))
         except RecordError as err:
-            raise RecordError(f"{path}:{lineno}: {err}") from None
+            bad.add(lineno, str(err))
+    if bad:
+        raise RecordError(bad.message())
     if not records:
         raise RecordError(f"{path}: no prompts")
     return records

@@ -128,7 +128,10 @@ def _load_prompts(args: GenerateArguments) -> list[str]:
 
         rows = list(load_local_table(path))
     else:
-        rows = list(datasets.load_dataset(args.dataset_id, split=args.dataset_split))
+        from ..data.hub import load_hub_dataset  # one line, not a traceback, when the hub is out of reach
+
+        rows = list(load_hub_dataset(args.dataset_id, split=args.dataset_split,
+                                     hint="use --dataset_id FILE (a local .jsonl, .json, .parquet or .csv of prompts)"))
     prompts, seen = [], set()
     for i, row in enumerate(rows):
         try:
