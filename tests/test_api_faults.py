@@ -90,23 +90,21 @@ def _style_judge(text):
     return "B" if a and not b else "A" if b and not a else "tie"
 
 
-def _eval_setup(tmp_path):
-    """A run directory with two checkpoints and every generation already cached (no model loads)."""
+def _eval_setup(tmp_path, monkeypatch):
+    """A run directory with two checkpoints whose answers are fixed (no model loads, no generation)."""
+    import sdpo.eval.checkpoints as checkpoints
     from sdpo.data.prompts import PromptRecord, write_prompts
-    from sdpo.eval.checkpoints import GenerationCache, _key
 
     prompts = [PromptRecord([{"role": "user", "content": f"Tell me about topic {i}."}]) for i in range(6)]
     data = write_prompts(prompts, tmp_path / "prompts.jsonl")
     run = tmp_path / "run"
-    cache = GenerationCache(run / "eval" / "generations")
     answers = {
         "tiny-random": ["Sure 🎉 here it is"] * 6,
         str(run / "checkpoint-1"): ["Plain answer"] * 6,
         str(run / "checkpoint-2"): ["Well 🎉 okay"] * 6,  # the same style as the baseline: all ties
     }
-    for model_id, texts in answers.items():
-        cache.save(model_id, {_key(model_id, p.text, 8): t for p, t in zip(prompts, texts)})
-    (run / "checkpoint-1").mkdir()
+    monkeypatch.setattr(checkpoints, "answers_for", lambda model_id, prompts, *a, **k: answers[model_id])
+    (run / "checkpoint-1").mkdir(parents=True)
     (run / "checkpoint-2").mkdir()
     return run, data
 
@@ -123,7 +121,7 @@ def test_eval_with_an_api_judge_survives_faults_counts_them_and_resumes_from_its
         monkeypatch, capsys, caplog, tmp_path, api):
     cls, key_env, _, suffix = APIS[api]
     monkeypatch.setenv(key_env, SECRET)
-    run, data = _eval_setup(tmp_path)
+    run, data = _eval_setup(tmp_path, monkeypatch)
     args = ["eval", "checkpoints", "--run_dir", str(run), "--data_path", str(data), "--ckpts", "all",
             "--baseline", "tiny-random", "--judge", "claude" if api == "claude" else "openai",
             "--style", "no_emojis", "--eval_n", "6", "--max_new_tokens", "8", "--judge_concurrency", "1",
