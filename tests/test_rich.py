@@ -26,10 +26,13 @@ def test_demonstration_is_a_successful_peer_never_itself():
             assert c.demonstration // 4 == i // 4  # same group
 
 
-def test_best_peer_wins_and_nan_never_counts():
-    cfg = SDPOConfig(success_reward_threshold=0.5)
-    choices = choose_teachers([0.6, 0.9, float("nan"), 0.0], [None] * 4, 4, cfg)
-    assert [c.demonstration for c in choices] == [1, 0, 1, 1]
+def test_first_successful_peer_by_default_best_as_option_and_nan_never_counts():
+    rewards = [0.6, 0.9, float("nan"), 0.0]
+    first = choose_teachers(rewards, [None] * 4, 4, SDPOConfig(success_reward_threshold=0.5))
+    assert [c.demonstration for c in first] == [1, 0, 0, 0]  # the references: the first successful peer
+    best = choose_teachers(rewards, [None] * 4, 4,
+                           SDPOConfig(success_reward_threshold=0.5, demonstration_selection="best"))
+    assert [c.demonstration for c in best] == [1, 0, 1, 1]
 
 
 def test_rollout_with_neither_demo_nor_feedback_is_masked():
@@ -106,6 +109,7 @@ def test_default_templates_read_naturally():
         ({"alpha": 1.5}, "alpha must be in"),
         ({"teacher_mode": "teacher"}, "teacher_mode must be one of"),
         ({"loss_aggregation": "sum"}, "loss_aggregation must be one of"),
+        ({"demonstration_selection": "random"}, "demonstration_selection must be one of"),
         ({"is_clip": float("nan")}, "is_clip"),
         ({"ema_tau": 0.0}, "ema_tau"),
         ({"distillation_topk": None, "alpha": 0.5}, "needs alpha=1.0"),

@@ -308,3 +308,37 @@ def test_unset_bf16_means_bf16_only_where_supported(tmp_path):
     if not supported:
         with pytest.raises(ValueError, match="bf16"):
             GRPOConfig(output_dir=str(tmp_path), bf16=True)  # an explicit request is not overridden
+
+
+# ------------------------------------------------------------------ teacher selection
+
+
+def _reference_choices(rewards, feedbacks, n, threshold):
+    """lasgroup/SDPO ray_trainer.py: _collect_solutions_by_uid, _get_solution (dont_reprompt_on_self_success),
+    _collect_feedback and use_feedback / self_distillation_mask with environment_feedback_only_without_solution."""
+    success = {}
+    for idx, r in enumerate(rewards):
+        if r >= threshold:  # NaN compares False
+            success.setdefault(idx // n, []).append(idx)
+    out = []
+    for i in range(len(rewards)):
+        peers = [j for j in success.get(i // n, []) if j != i]
+        demo = peers[0] if peers else None
+        fb = feedbacks[i] if (feedbacks[i] and isinstance(feedbacks[i], str) and feedbacks[i].strip()) else None
+        use_fb = fb is not None and demo is None
+        out.append((demo, use_fb, demo is not None or use_fb))
+    return out
+
+
+def test_teacher_selection_matches_the_reference_on_random_groups():
+    from sdpo.trainers.rich import choose_teachers
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 6))
+        total = n * int(rng.integers(1, 4))
+        rewards = [float(rng.choice([0.0, 0.5, 1.0, 1.0, 1.5, float("nan")])) for _ in range(total)]
+        feedbacks = [rng.choice([None, "", "  ", "wrong"]) for _ in range(total)]
+        got = choose_teachers(rewards, feedbacks, n, SDPOConfig())
+        want = _reference_choices(rewards, feedbacks, n, 1.0)
+        assert [(c.demonstration, c.use_feedback, c.active) for c in got] == want

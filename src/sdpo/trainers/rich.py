@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 TEACHER_MODES = {"ema": "ema", "live": "live", "frozen": "base", "copy": "live", "fixed": "base"}
 
 
+DEMONSTRATION_SELECTIONS = ("first", "best")
+
+
 class SDPOConfigError(ValueError):
     """An invalid SDPOConfig (raised at construction, saying why)."""
 
@@ -109,6 +112,9 @@ class SDPOConfig:
     """Show the teacher a successful peer rollout from the same group."""
     success_reward_threshold: float = 1.0
     """A rollout with total reward >= this is a successful demonstration."""
+    demonstration_selection: str = "first"
+    """Which successful peer is shown: first (the references: the first successful peer of the group,
+    in rollout order) or best (the highest-reward successful peer, first on ties)."""
     dont_reprompt_on_self_success: bool = True
     """A rollout is never its own demonstration (kept for configs written for the reference code;
     False is refused)."""
@@ -151,6 +157,9 @@ class SDPOConfig:
             bad(f"is_clip must be > 0 or None, got {self.is_clip}")
         if self.is_coef < 0:
             bad(f"is_coef must be >= 0, got {self.is_coef}")
+        if self.demonstration_selection not in DEMONSTRATION_SELECTIONS:
+            bad(f"demonstration_selection must be one of {list(DEMONSTRATION_SELECTIONS)}, "
+                f"got {self.demonstration_selection!r}")
         if self.loss_aggregation not in losses.LOSS_AGGREGATIONS:
             bad(f"loss_aggregation must be one of {list(losses.LOSS_AGGREGATIONS)}, got {self.loss_aggregation!r}")
         if not self.dont_reprompt_on_self_success:
@@ -217,8 +226,9 @@ def choose_teachers(
     """Per rollout: which successful peer (never itself) and whether its feedback goes in.
 
     Rollouts are grouped by prompt in consecutive blocks of ``num_generations``. The
-    demonstration is the group's highest-reward successful peer (first on ties). A
-    rollout with neither a demonstration nor feedback is inactive (masked out).
+    demonstration is the group's first successful peer (``demonstration_selection="first"``,
+    as the references) or its highest-reward one (``"best"``, first on ties). A rollout
+    with neither a demonstration nor feedback is inactive (masked out).
     """
     n = len(rewards)
     if n % num_generations:
@@ -232,8 +242,10 @@ def choose_teachers(
         demo = None
         if config.reprompt_teacher:
             peers = [j for j in range(start, start + num_generations) if j != i and ok[j]]
-            if peers:
+            if peers and config.demonstration_selection == "best":
                 demo = max(peers, key=lambda j: (float(rewards[j]), -j))
+            elif peers:
+                demo = peers[0]
         use_fb = (
             config.include_environment_feedback
             and _has_text(feedbacks[i])
