@@ -109,7 +109,7 @@ def run(args: EvalArguments) -> int:
     st = judge.stats
     print(f"judge: {st.requests} requests, {st.cached} from the cache, {st.retries} retries, {st.failed} failed, "
           f"{st.unparsed} unparsed")
-    if st.failed:
+    if st.failed and hasattr(judge, "client"):
         print(f"{st.failed} verdicts failed (no reply after {judge.client.tries} tries from {judge.client.endpoint}); "
               f"they count as 'failed', not as ties. Run the same command again to ask only for those "
               f"(the other replies are cached in {out}/judgments)")

@@ -4,9 +4,9 @@ Without a network, ``load_dataset`` retries for half a minute and ends in a long
 traceback. :func:`load_hub_dataset` instead
 
 * respects ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` (the local cache only);
-* otherwise first checks, within a few seconds, that the hub endpoint (``HF_ENDPOINT``
-  or huggingface.co) accepts a connection; if not, it reads the local cache only, as
-  offline mode would;
+* otherwise (and with no HTTP(S) proxy configured) first checks, within a few seconds,
+  that the hub endpoint (``HF_ENDPOINT`` or huggingface.co) accepts a connection; if
+  not, it reads the local cache only, as offline mode would;
 * turns a dataset that cannot be had (unreachable and not cached, unknown, gated) into
   a :class:`HubDatasetError`: one line naming the dataset and the fix (a bundled
   sample or a local file).
@@ -73,6 +73,11 @@ def unreachable_reason(url: str | None = None, timeout: float = PROBE_SECONDS) -
     return outcome[0] if outcome else "no answer"
 
 
+def _proxied() -> bool:
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                  "ALL_PROXY", "all_proxy"))
+
+
 @contextmanager
 def _offline():
     """``datasets`` and ``huggingface_hub`` in offline mode (local cache only) for the duration."""
@@ -120,7 +125,7 @@ def load_hub_dataset(hub_id: str, config: str | None = None, *, split: str, hint
     args = (hub_id, config) if config else (hub_id,)
     variable = offline_variable()
     reason = None
-    if variable is None:
+    if variable is None and not _proxied():  # behind a proxy a direct connection says nothing
         reason = unreachable_reason()
     try:
         if variable is None and reason is None:
