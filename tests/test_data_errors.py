@@ -119,6 +119,8 @@ def _closed_port() -> int:
 def test_an_unreachable_hub_is_detected_quickly_without_offline_variables(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     assert main(["prepare", "wildchat", "--output", str(tmp_path / "out")]) == 2
@@ -144,3 +146,13 @@ def test_prepare_offline_in_a_fresh_process_prints_no_traceback(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "Traceback" not in done.stderr and "--input_file sample" in done.stderr
+
+
+def test_the_probe_reports_a_closed_port_and_accepts_an_open_one():
+    from sdpo.data.hub import unreachable_reason
+
+    assert unreachable_reason(f"http://127.0.0.1:{_closed_port()}", timeout=2.0) is not None
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert unreachable_reason(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=2.0) is None
