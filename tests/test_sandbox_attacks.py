@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from sdpo.feedback.checkers import CodeTestsReward
-from sdpo.feedback.sandbox import SandboxLimits, _parse_channel, _summarise, Execution, TestCase, run_python_tests
+from sdpo.feedback.sandbox import SandboxLimits, _summarise, Execution, run_python_tests
+from sdpo.feedback.sandbox import TestCase as Case
 
 if os.environ.get("SDPO_SKIP_BWRAP_TESTS") == "1" and shutil.which("bwrap") is None:
     pytest.skip("bubblewrap not installed and SDPO_SKIP_BWRAP_TESTS=1", allow_module_level=True)
@@ -428,7 +429,7 @@ def _events(*lines):
     return ("\n".join(lines) + "\n").encode()
 
 
-CASES = [TestCase([[1, 2, 3]], 6), TestCase([[]], 0)]
+CASES = [Case([[1, 2, 3]], 6), Case([[]], 0)]
 
 
 def _summary(channel: bytes, killed=False):
