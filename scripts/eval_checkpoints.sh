@@ -3,6 +3,7 @@
 #   RUN_DIR (required)  DATA_PATH (default ./data/helpsteer2_prompts/validation.jsonl)
 #   CKPTS ("3 6 9 12 15", or "all")  BASELINE (Qwen/Qwen3-8B)  JUDGE_MODEL (claude-haiku-4-5-20251001)
 #   EVAL_N (256)  STYLE (no_emojis)  OUTPUT_DIR (<RUN_DIR>/eval)
+#   SYSTEM_PROMPT (general; must match training)  MAX_NEW_TOKENS (1024, the reference's)
 #   WORLD_SIZE (4): processes sharing the generations (>1 launches accelerate; ACCELERATE_CONFIG as in training)
 # Extra arguments go to `sdpo eval checkpoints`; --dry-run prints the command (the key masked).
 set -euo pipefail
@@ -17,5 +18,5 @@ launch_cmd "${WORLD_SIZE:-4}"
 run_or_print "${LAUNCH[@]}" eval checkpoints --run_dir "$RUN_DIR" \
   --data_path "${DATA_PATH:-./data/helpsteer2_prompts/validation.jsonl}" --ckpts "${CKPTS:-3 6 9 12 15}" \
   --baseline "${BASELINE:-Qwen/Qwen3-8B}" --judge claude --judge_model "${JUDGE_MODEL:-claude-haiku-4-5-20251001}" \
-  --eval_n "${EVAL_N:-256}" --style "${STYLE:-no_emojis}" \
+  --eval_n "${EVAL_N:-256}" --system_prompt "${SYSTEM_PROMPT:-general}" --max_new_tokens "${MAX_NEW_TOKENS:-1024}" --style "${STYLE:-no_emojis}" \
   ${OUT_ARGS[@]+"${OUT_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

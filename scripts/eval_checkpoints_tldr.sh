@@ -3,6 +3,7 @@
 #   RUN_DIR (required)  DATA_PATH (default ./data/tldr_prompts_unique/validation.jsonl)
 #   CKPTS ("3 6 9 12 15", or "all")  BASELINE (Qwen/Qwen3-8B)  JUDGE_MODEL (Qwen/Qwen3-8B)
 #   EVAL_N (256)  STYLE (concise_casual_beginner)  JUDGE (local; or rule)  OUTPUT_DIR (<RUN_DIR>/eval)
+#   SYSTEM_PROMPT (tldr; must match training)  MAX_NEW_TOKENS (1024, the reference's)
 #   WORLD_SIZE (4): processes sharing the generations (>1 launches accelerate; ACCELERATE_CONFIG as in training)
 # Extra arguments go to `sdpo eval checkpoints`; --dry-run prints the command.
 set -euo pipefail
@@ -13,5 +14,5 @@ launch_cmd "${WORLD_SIZE:-4}"
 run_or_print "${LAUNCH[@]}" eval checkpoints --run_dir "$RUN_DIR" \
   --data_path "${DATA_PATH:-./data/tldr_prompts_unique/validation.jsonl}" --ckpts "${CKPTS:-3 6 9 12 15}" \
   --baseline "${BASELINE:-Qwen/Qwen3-8B}" --judge "${JUDGE:-local}" --judge_model "${JUDGE_MODEL:-Qwen/Qwen3-8B}" \
-  --eval_n "${EVAL_N:-256}" --style "${STYLE:-concise_casual_beginner}" \
+  --eval_n "${EVAL_N:-256}" --system_prompt "${SYSTEM_PROMPT:-tldr}" --max_new_tokens "${MAX_NEW_TOKENS:-1024}" --style "${STYLE:-concise_casual_beginner}" \
   ${OUT_ARGS[@]+"${OUT_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

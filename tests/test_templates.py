@@ -126,3 +126,37 @@ def test_render_without_chat_template(tokenizer):
     tok.chat_template = None
     text = tok.decode(render_context(tok, [{"role": "user", "content": "Hi"}]))
     assert text == "user: Hi\nassistant: "
+
+
+@pytest.mark.parametrize("name", ["hindsight", "hindsight-revise", "hindsight-system"])
+def test_long_contexts_keep_system_request_and_followup(tokenizer, name):
+    from sdpo.templates import fit_context
+
+    t = get_template(name, system_prompt="SYSTEM-RULES")
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"old question {i} " + "blah " * 30},
+                    {"role": "assistant", "content": f"old answer {i} " + "meh " * 30}]
+    x = history + [{"role": "user", "content": "FIRST-WORDS " + "detail " * 100 + "LAST-WORDS"}]
+    followup = "FOLLOWUP-MARKER please be brief"
+    full_student = render_context(tokenizer, t.student_messages(x))
+    full_teacher = render_context(tokenizer, t.teacher_messages(x, followup))
+    for limit in (len(full_teacher) // 2, 260, 180):
+        for fu in (None, followup):
+            ids, over = fit_context(tokenizer, t, x, limit, followup=fu)
+            text = tokenizer.decode(ids)
+            assert len(ids) <= limit and over == len(full_teacher if fu else full_student) - limit
+            assert "SYSTEM-RULES" in text and "LAST-WORDS" in text, (limit, fu)
+            if fu:
+                assert "FOLLOWUP-MARKER please be brief" in text
+            assert "old question 0 " not in text  # the oldest turn goes first
+    # mid-size limit: recent history survives, whole turns only, starting at a user turn
+    ids, _ = fit_context(tokenizer, t, x, len(full_student) - 50)
+    text = tokenizer.decode(ids)
+    assert "old question 11" in text and "old answer 11" in text and "FIRST-WORDS" in text
+    # so small that the request itself is shortened from its start
+    ids, _ = fit_context(tokenizer, t, x, 150, followup=followup)
+    text = tokenizer.decode(ids)
+    assert "FIRST-WORDS" not in text and "LAST-WORDS" in text and "FOLLOWUP-MARKER" in text
+    # within the limit: untouched
+    assert fit_context(tokenizer, t, x, len(full_teacher), followup=followup) == (full_teacher, 0)

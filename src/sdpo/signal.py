@@ -20,7 +20,8 @@ How it is computed (and why it is cheaper than the obvious way):
   float32 right away: no full-sequence, full-vocabulary log-softmax is ever held.
   With gradients the chunks are recomputed in the backward pass (checkpointing), so
   memory stays bounded there too;
-* contexts longer than ``max_context_tokens`` are cut from the left; ``y`` never is.
+* contexts longer than ``max_context_tokens`` lose their oldest turns first, then the
+  start of the request; the system message and the follow-up are kept; ``y`` is never cut.
 
 Trainers call :func:`completion_logprobs` / :func:`hindsight_logprobs` with the
 student side differentiable and the teacher side under ``torch.no_grad()``.
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sdpo.distributed import lockstep_forwards
-from sdpo.templates import DEFAULT_TEMPLATE, Messages, TeacherTemplate, get_template, render_context
+from sdpo.templates import DEFAULT_TEMPLATE, Messages, TeacherTemplate, fit_context, get_template, render_context
 
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
 LOGITS_CHUNK_BYTES = 64 * 2**20
@@ -62,7 +63,7 @@ class EncodedExample:
     student_context: list[int]
     teacher_context: list[int]
     response: list[int]
-    student_truncated: int = 0  # tokens cut from the left of each context
+    student_truncated: int = 0  # tokens each context had over max_context_tokens (0 = uncut)
     teacher_truncated: int = 0
 
 
@@ -112,15 +113,15 @@ def encode_examples(
         if not isinstance(o, str) or not o.strip():
             raise SignalInputError(f"example {i}: the follow-up o is empty")
         try:
-            student = render_context(tokenizer, template.student_messages(x))
-            teacher = render_context(tokenizer, template.teacher_messages(x, o))
+            # over the limit: history dropped oldest first, then the request's start; the system
+            # message and the follow-up are kept (sdpo.templates.fit_context)
+            student, cut_s = fit_context(tokenizer, template, x, max_context_tokens)
+            teacher, cut_t = fit_context(tokenizer, template, x, max_context_tokens, followup=o)
         except ValueError as err:
             raise SignalInputError(f"example {i}: {err}") from err
         response = list(tokenizer(y, add_special_tokens=False)["input_ids"])
         if append_eos and tokenizer.eos_token_id is not None:
             response.append(tokenizer.eos_token_id)
-        student, cut_s = truncate_left(student, max_context_tokens)
-        teacher, cut_t = truncate_left(teacher, max_context_tokens)
         encoded.append(EncodedExample(student, teacher, response, cut_s, cut_t))
     return encoded
 

@@ -220,6 +220,48 @@ def render_context(tokenizer, messages: Messages) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def fit_context(tokenizer, template: "TeacherTemplate", x, max_tokens: int | None,
+                followup: str | None = None) -> tuple[list[int], int]:
+    """Token ids of the student context (``followup=None``) or the teacher context, at most
+    ``max_tokens`` long, cut so that what matters survives.
+
+    Kept whole: the system message, the last user turn (the request being answered) and the
+    hindsight follow-up. Cut, in this order: the oldest turns of the history (the history
+    then restarts at a user turn), then the start of the request's text. Only when the kept
+    parts alone are too long are the ids cut from the left. Returns the ids and how many
+    tokens the uncut rendering had over the limit (0 = nothing was cut).
+    """
+    messages = template._task_messages(x)
+
+    def render(msgs):
+        built = template.student_messages(msgs) if followup is None else template.teacher_messages(msgs, followup)
+        return render_context(tokenizer, built)
+
+    ids = render(messages)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids, 0
+    over = len(ids) - max_tokens
+    head = [messages[0]] if messages[0]["role"] == "system" and len(messages) > 1 else []
+    history, last = messages[len(head):-1], messages[-1]
+    while history:
+        history = history[1:]
+        while history and history[0]["role"] != "user":
+            history = history[1:]
+        ids = render(head + history + [last])
+        if len(ids) <= max_tokens:
+            return ids, over
+    request = list(tokenizer(last["content"], add_special_tokens=False)["input_ids"])
+    cut = len(ids) - max_tokens
+    while cut < len(request):
+        shortened = {**last, "content": tokenizer.decode(request[cut:], skip_special_tokens=True).lstrip()}
+        ids = render(head + [shortened])
+        if len(ids) <= max_tokens:
+            return ids, over
+        cut += max(1, len(ids) - max_tokens)
+    ids = render(head + [{**last, "content": "…"}])
+    return ids[max(0, len(ids) - max_tokens):], over
+
+
 # ---------------------------------------------------------------------------
 # Reprompt teacher contexts (rich feedback): the original request, a successful
 # peer attempt and/or the environment's feedback, then the same response is scored.

@@ -33,7 +33,12 @@ class EvalArguments:
     eval_n: int = field(default=256, metadata={"help": "held-out prompts"})
     seed: int = field(default=0, metadata={"help": "prompt selection seed"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length limit"})
-    max_prompt_tokens: int = field(default=1024, metadata={"help": "prompts cut from the left to this"})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "context limit (oldest turns, then the start of "
+                                                                   "the request are cut)"})
+    system_prompt: str | None = field(
+        default="general", metadata={"help": "system prompt of every answer: a preset (tldr: the TL;DR task's, with the "
+                                        "prompts' 'TL;DR:' cue stripped, as in training; general: empty) or text; "
+                                        "must match training"})
     oracle: bool = field(default=False, metadata={"help": "add the baseline with the persona in its system prompt"})
     output_dir: str | None = field(default=None, metadata={"help": "default <run_dir>/eval"})
 
@@ -87,7 +92,7 @@ def run(args: EvalArguments) -> int:
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     oracle_style=args.style if args.oracle else None, state=state,
-                    judgments_dir=out / "judgments")
+                    judgments_dir=out / "judgments", system_prompt=args.system_prompt)
     if rows is None:  # a helper process: its share of the generations is done
         return 0
     meta = {"baseline": args.baseline, "judge": args.judge, "judge_model": args.judge_model, "style": args.style,

@@ -47,14 +47,15 @@ class GenerationCache:
 
 
 def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_tokens: int, max_prompt_tokens: int,
-                system_prompt: str | None = None, loader=None, state=None) -> list[str]:
+                system_prompt: str | None = None, persona: str | None = None, loader=None,
+                state=None) -> list[str]:
     """Greedy answers, from the cache where present; the model is loaded only if something is missing.
 
     With an accelerate ``state`` of several processes, each process generates its share
     of the missing answers; all shares are gathered and the main process writes the cache.
     """
     cached = cache.load(model_id)
-    keys = [_key(model_id + (system_prompt or ""), p.text, max_new_tokens) for p in prompts]
+    keys = [_key(model_id + (system_prompt or "") + (persona or ""), p.text, max_new_tokens) for p in prompts]
     missing = [i for i, k in enumerate(keys) if k not in cached]
     world = state.num_processes if state is not None else 1
     mine = missing[state.process_index :: world] if world > 1 else missing
@@ -63,8 +64,9 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
         import torch
 
         from sdpo.models import load_model
-        from sdpo.signal import truncate_left
-        from sdpo.templates import get_template, render_context
+        import dataclasses
+
+        from sdpo.templates import fit_context, get_template
         from sdpo.trainers.online import generate
 
         if loader is None:
@@ -73,12 +75,16 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
         else:
             model, tok = loader(model_id)
         model.eval()
-        template = get_template(system_prompt=system_prompt)
+        template = get_template(system_prompt=system_prompt)  # a preset (tldr, general) or the text
+        if persona:  # the oracle: the persona added to the task's system prompt, as the reference
+            task = template.system_prompt
+            template = dataclasses.replace(
+                template, system_prompt=(task + "\n" if task else "")
+                + "The user you are interacting with has the following persona:\n" + persona)
         device = next(model.parameters()).device
         for start in range(0, len(mine), 8):
             chunk = mine[start : start + 8]
-            ctx = [truncate_left(render_context(tok, template.student_messages(prompts[i].messages)),
-                                 max_prompt_tokens)[0] for i in chunk]
+            ctx = [fit_context(tok, template, prompts[i].messages, max_prompt_tokens)[0] for i in chunk]
             _, texts = generate(model, tok, ctx, max_new_tokens=max_new_tokens, temperature=0.0,
                                 device=device if isinstance(device, torch.device) else torch.device(device))
             for i, text in zip(chunk, texts):
@@ -121,7 +127,7 @@ def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, P
 
 def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache, *, max_new_tokens=256,
              max_prompt_tokens=1024, oracle_style: str | None = None, loader=None, state=None,
-             judgments_dir: str | Path | None = None) -> list[dict] | None:
+             judgments_dir: str | Path | None = None, system_prompt: str | None = None) -> list[dict] | None:
     """Win-rate rows (on the main process; other processes only help generate and get None).
 
     With ``judgments_dir`` the judge's replies are cached there (see :meth:`Judge.use_cache`).
@@ -130,7 +136,7 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
     if judge is not None and judgments_dir is not None and getattr(judge, "cache", None) is None:
         judge.use_cache(judgments_dir)
     base = answers_for(baseline, prompts, cache, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-                       loader=loader, state=state)
+                       system_prompt=system_prompt, loader=loader, state=state)
     main = state is None or state.is_main_process
     rows = []
     entries = [(name, str(path), None) for name, path in checkpoints]
@@ -138,10 +144,10 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
         from sdpo.feedback.personas import persona_description
 
         entries.append(("oracle (persona in system prompt)", baseline, persona_description(oracle_style)))
-    for name, model_id, system_prompt in entries:
+    for name, model_id, persona in entries:
         answers = answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
-                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, loader=loader,
-                              state=state)
+                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, persona=persona,
+                              loader=loader, state=state)
         if not main:
             continue
         outcomes = judge_both_orders(judge, texts, answers, base)

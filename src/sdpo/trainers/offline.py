@@ -181,12 +181,14 @@ class OfflineSDPOTrainer(Trainer):
         for key, value in stats.items():
             self._signal_stats[key].append(value)
         self._signal_stats["response_length"].append(sum(len(e.response) for e in encoded) / len(encoded))
+        self._signal_stats["contexts_truncated"].append(
+            float(sum((e.student_truncated > 0) + (e.teacher_truncated > 0) for e in encoded)))
         return (loss, {"student": student, "teacher": teacher}) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._signal_stats and "loss" in logs:
             for key, values in self._signal_stats.items():
-                if key in ("response_tokens", "sequences"):
+                if key in ("response_tokens", "sequences", "contexts_truncated"):
                     logs[key] = float(sum(values))
                 else:
                     logs[key] = sum(values) / len(values)
@@ -232,6 +234,13 @@ def build_trainer(config: OfflineSDPOConfig, *, model=None, tokenizer=None, reco
         max_context_tokens=config.max_context_tokens,
         append_eos=config.append_eos,
     )
+    cut = sum(e.student_truncated > 0 or e.teacher_truncated > 0 for e in dataset.encoded)
+    if cut:
+        import warnings
+
+        warnings.warn(f"{cut} of {len(dataset)} records have a context longer than max_context_tokens="
+                      f"{config.max_context_tokens}: the oldest turns (then the start of the request) are cut, the "
+                      "follow-up is kept; logged per step as contexts_truncated", stacklevel=2)
     reference_model = None
     if config.kl_coef and not config.use_lora:
         import copy

@@ -44,8 +44,8 @@ from sdpo.distributed import (
     zero3_init_disabled,
 )
 from sdpo.losses import CENTERING, advantage_pg_loss
-from sdpo.signal import EncodedExample, hindsight_logprobs, truncate_left
-from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES, get_template, render_context
+from sdpo.signal import EncodedExample, hindsight_logprobs
+from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES, fit_context, get_template, render_context
 
 
 @dataclass
@@ -106,7 +106,16 @@ class OnlineSDPOConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     seed: int = field(default=42, metadata={"help": "random seed (prompt subset, data order, sampling)"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint dir, or 'last'"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "a checkpoint dir, or 'last' (the newest complete checkpoint in output_dir)"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start over in an output_dir that holds another run (deletes its "
+                                         "checkpoints, metrics.jsonl and summaries)"})
+    save_total_limit: int | None = field(
+        default=3, metadata={"help": "keep only the newest N complete checkpoints (0 = keep all)"})
+    save_only_model: bool = field(
+        default=False, metadata={"help": "checkpoints hold the model only, no optimizer/RNG state: smaller, but a "
+                                         "run cannot be resumed from them (refused with a message)"})
     summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
     summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -143,6 +152,14 @@ class OnlineSDPOConfig:
             raise ValueError("generation_batch_size must be >= 1")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
+        from sdpo import rundir
+
+        rundir.check_output_path(self.output_dir)
+        if self.save_total_limit is not None and self.save_total_limit < 0:
+            raise rundir.RunDirError(f"save_total_limit must be >= 0 (0 = keep all), got {self.save_total_limit}")
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise rundir.RunDirError("--overwrite_output_dir and --resume_from_checkpoint exclude each other: "
+                                     "continue the run or start over, not both")
 
 
 def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
@@ -299,6 +316,19 @@ class OnlineSDPOTrainer:
         return cache[epoch]
 
     # ------------------------------------------------------------------ one step
+    def _note_truncations(self, n: int) -> None:
+        """Count contexts over max_context_tokens (a per-step metric) and warn once per run."""
+        if not n:
+            return
+        self._truncated = getattr(self, "_truncated", 0) + n
+        if not getattr(self, "_warned_truncation", False):
+            self._warned_truncation = True
+            import warnings
+
+            warnings.warn(f"a context is longer than max_context_tokens={self.cfg.max_context_tokens}: the oldest "
+                          "turns (then the start of the request) are cut, the system message and the follow-up are "
+                          "kept; the count per step is logged as contexts_truncated", stacklevel=2)
+
     def _rollouts(self) -> tuple[list[dict], dict]:
         """Responses and follow-ups for every micro-batch of the coming optimizer step, made together.
 
@@ -313,8 +343,9 @@ class OnlineSDPOTrainer:
         batches = [self._batch(self.micro + i) for i in range(cfg.gradient_accumulation_steps)]
         prompts = [p for b in batches for p in b]
         t0 = time.perf_counter()
-        contexts = [truncate_left(render_context(tok, self.template.student_messages(p.messages)),
-                                  cfg.max_context_tokens)[0] for p in prompts]
+        fitted = [fit_context(tok, self.template, p.messages, cfg.max_context_tokens) for p in prompts]
+        contexts = [ids for ids, _ in fitted]
+        self._note_truncations(sum(over > 0 for _, over in fitted))
         rows = cfg.generation_batch_size or len(contexts)
         responses, texts = [], []
         with policy_for_generation(self.model, acc) as policy:
@@ -342,8 +373,8 @@ class OnlineSDPOTrainer:
         t2 = time.perf_counter()
         encoded = []
         for p, ctx, resp, o in zip(batch, contexts, responses, followups):
-            teacher = render_context(tok, self.template.teacher_messages(p.messages, o))
-            teacher, _ = truncate_left(teacher, cfg.max_context_tokens)
+            teacher, over = fit_context(tok, self.template, p.messages, cfg.max_context_tokens, followup=o)
+            self._note_truncations(int(over > 0))
             encoded.append(EncodedExample(ctx, teacher, resp or [tok.eos_token_id]))
         with acc.accumulate(self.model):
             student, teacher = hindsight_logprobs(self.model, encoded, pad_token_id=tok.pad_token_id,
@@ -385,29 +416,118 @@ class OnlineSDPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self):
+        """``checkpoint-<step>/``: the model once (``save_pretrained``), the tokenizer, and
+        ``accelerate_state/`` (optimizer, RNG; the model too only under LoRA, DeepSpeed or FSDP, whose
+        own formats accelerate writes). Written under ``checkpoint-<step>.tmp`` and renamed when every
+        rank has finished, so ``last`` never picks a half-written checkpoint."""
+        import errno
+        import shutil
+
+        from sdpo import rundir
+
+        acc, cfg = self.accelerator, self.cfg
+        out = Path(cfg.output_dir)
+        final = out / f"checkpoint-{self.step}"
+        tmp = rundir.temporary_checkpoint(out, self.step)
+        self._ensure_state_hooks()
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)  # left by a write that was killed
+        acc.wait_for_everyone()
+        try:
+            if not cfg.save_only_model:
+                acc.save_state(str(tmp / "accelerate_state"))
+            state_dict = acc.get_state_dict(self.model)  # collective: gathers ZeRO-3 / FSDP shards
+            if acc.is_main_process:
+                acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
+                self.tokenizer.save_pretrained(tmp)
+            acc.wait_for_everyone()  # every rank's files are in place
+            if acc.is_main_process:
+                state = {"step": self.step, "micro_step": self.micro, "save_only_model": cfg.save_only_model}
+                (tmp / rundir.STATE_NAME).write_text(json.dumps(state))  # written last: marks it complete
+                rundir.commit_checkpoint(tmp, final)
+                rundir.rotate_checkpoints(out, cfg.save_total_limit)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise rundir.RunDirError(f"no space left on the device while writing {final}; the last complete "
+                                     f"checkpoint is kept, free space and resume with --resume_from_checkpoint "
+                                     f"last") from None
+        acc.wait_for_everyone()
+        return final
+
+    def _ensure_state_hooks(self):
+        """Plain and DDP runs: the model goes into ``checkpoint-<step>/`` once (``save_pretrained``), not a
+        second time into ``accelerate_state/``; on resume it is read back from there. Under DeepSpeed
+        and FSDP accelerate saves the model through their own formats (its ``weights`` / ``models``
+        lists stay empty there), and LoRA keeps accelerate's own model state (``save_pretrained``
+        writes only the adapter)."""
+        if getattr(self, "_state_hooks", None) is not None:
+            return
+        self._state_hooks = []
+        if self.cfg.use_lora:
+            return
         acc = self.accelerator
-        path = Path(self.cfg.output_dir) / f"checkpoint-{self.step}"
-        acc.wait_for_everyone()
-        acc.save_state(str(path / "accelerate_state"))
-        state_dict = acc.get_state_dict(self.model)  # collective: gathers ZeRO-3 / FSDP shards
-        if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(path, state_dict=state_dict)
-            self.tokenizer.save_pretrained(path)
-            (path / "trainer_state.json").write_text(json.dumps({"step": self.step, "micro_step": self.micro}))
-        acc.wait_for_everyone()
-        return path
+
+        def skip_model(models, weights, output_dir):
+            weights.clear()  # written by save_pretrained next to accelerate_state/
+
+        def load_model(models, input_dir):
+            folder = Path(input_dir)
+            if not models or any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin")):
+                return  # an older checkpoint with the model in accelerate_state/: accelerate loads it
+            for model in models:
+                self._load_weights(acc.unwrap_model(model), folder.parent)
+            models.clear()
+
+        self._state_hooks = [acc.register_save_state_pre_hook(skip_model),
+                             acc.register_load_state_pre_hook(load_model)]
+
+    @staticmethod
+    def _load_weights(model, folder: Path):
+        """Weights written by ``save_pretrained`` (one file or shards) into ``model``; keys it left out
+        must be tied to loaded ones (e.g. ``lm_head`` sharing the embeddings)."""
+        from safetensors.torch import load_file
+
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+        state = {}
+        for name in files:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder}: {name} is missing; the checkpoint is incomplete")
+            state.update(load_file(str(folder / name)))
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(f"{folder}: weights {result.unexpected_keys[:3]} do not belong to the model")
+        loaded = {p.data_ptr() for k, p in model.state_dict().items() if k in state}
+        params = model.state_dict()
+        untied = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
+        if untied:
+            raise RuntimeError(f"{folder}: weights {untied[:3]} are missing from the checkpoint")
 
     def load_checkpoint(self, value: str):
-        path = Path(value)
-        if value in ("last", "auto"):
-            found = sorted(Path(self.cfg.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            if not found:
-                raise FileNotFoundError(f"resume_from_checkpoint=last: no checkpoint in {self.cfg.output_dir}")
-            path = found[-1]
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.json)")
-        self.accelerator.load_state(str(path / "accelerate_state"))
-        state = json.loads((path / "trainer_state.json").read_text())
+        """``value``: a checkpoint directory, or ``last`` (the newest complete checkpoint of output_dir;
+        incomplete ones are skipped with a warning)."""
+        from sdpo import rundir
+
+        acc = self.accelerator
+        if value in rundir.LAST:
+            path = rundir.last_checkpoint(self.cfg.output_dir, warn=acc.is_main_process)
+        else:
+            path = Path(value)
+            if not rundir.is_complete(path):
+                raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a complete checkpoint "
+                                        f"(no readable {rundir.STATE_NAME})")
+        state = json.loads((path / rundir.STATE_NAME).read_text())
+        if state.get("save_only_model") or not (path / "accelerate_state").is_dir():
+            raise rundir.RunDirError(f"--resume_from_checkpoint: {path} holds the model only (--save_only_model), "
+                                     "no optimizer or RNG state, so the run cannot continue exactly; start a new "
+                                     f"run from its weights with --model_name_or_path {path}")
+        self._ensure_state_hooks()
+        acc.load_state(str(path / "accelerate_state"))
         self.step, self.micro = state["step"], state["micro_step"]
         return path
 
@@ -416,7 +536,8 @@ class OnlineSDPOTrainer:
         if not self.cfg.summary_prompts:
             return None
         prompts = (self.val_prompts or self.prompts)[: self.cfg.summary_prompts]
-        contexts = [render_context(self.tokenizer, self.template.student_messages(p.messages)) for p in prompts]
+        contexts = [fit_context(self.tokenizer, self.template, p.messages, self.cfg.max_context_tokens)[0]
+                    for p in prompts]
         with policy_for_generation(self.model, self.accelerator) as policy:
             _, texts = generate(policy, self.tokenizer, contexts, max_new_tokens=self.cfg.summary_max_new_tokens,
                                 temperature=0.0, device=self.accelerator.device)
@@ -457,6 +578,8 @@ class OnlineSDPOTrainer:
             metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
                        for k in micro_metrics[0]}
             metrics.update(timings)
+            metrics["contexts_truncated"] = float(getattr(self, "_truncated", 0))
+            self._truncated = 0
             metrics.update(self.simulator.stats.as_metrics())
             metrics["time/step"] = time.perf_counter() - started
             metrics = self._mean_over_ranks(metrics)
