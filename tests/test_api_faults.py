@@ -80,6 +80,18 @@ def test_simulator_exhausted_retries_give_counted_fallbacks_naming_the_real_endp
     assert SECRET not in caplog.text
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_a_rejected_request_is_not_retried_and_the_message_says_one_try(monkeypatch, caplog, api):
+    cls, key_env, _, suffix = APIS[api]
+    monkeypatch.setenv(key_env, SECRET)
+    with FakeLLMServer(failures=[400, 500], delay=0.01) as server:
+        sim = cls("no_emojis", base_url=server.url + suffix, max_concurrency=1, max_retries=4, **FAST)
+        replies = sim.followups(["q1", "q2"], ["a1", "a2"])
+    assert replies == [FALLBACK_FOLLOWUP, server.reply] and server.requests == 3  # 400 once; 500 retried
+    assert (sim.stats.failed, sim.stats.retries, sim.stats.fallbacks) == (1, 1, 1)
+    assert "1 of 2 requests failed after 1 try (HTTP 400)" in caplog.text
+
+
 def _between(text, tag):
     return re.search(f"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1)
 
@@ -143,7 +155,7 @@ def test_eval_with_an_api_judge_survives_faults_counts_them_and_resumes_from_its
     assert (two["ties"], two["win_rate"], two["se_binomial"], two["se_bootstrap"]) == (6, None, None, None)
     assert result["judge_stats"] == {"requests": pairs, "cached": 0, "retries": 4, "failed": 1, "unparsed": 1}
     assert result["judge_endpoint"] == server.url + suffix
-    assert f"1 verdicts failed (no reply after 3 tries from {server.url + suffix})" in first.out
+    assert f"1 verdicts failed (no reply from {server.url + suffix} after up to 3 tries)" in first.out
     assert f"at {server.url + suffix}): 1 of 6 requests failed after 3 tries (" in caplog.text
     assert "NaN" not in (run / "eval" / "winrates.csv").read_text()
 

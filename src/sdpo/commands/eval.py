@@ -115,7 +115,8 @@ def run(args: EvalArguments) -> int:
     print(f"judge: {st.requests} requests, {st.cached} from the cache, {st.retries} retries, {st.failed} failed, "
           f"{st.unparsed} unparsed")
     if st.failed and hasattr(judge, "client"):
-        print(f"{st.failed} verdicts failed (no reply after {judge.client.tries} tries from {judge.client.endpoint}); "
+        print(f"{st.failed} verdicts failed (no reply from {judge.client.endpoint} after up to {judge.client.tries} "
+              f"tries); "
               f"they count as 'failed', not as ties. Run the same command again to ask only for those "
               f"(the other replies are cached in {out}/judgments)")
     print(f"wrote {out}/winrates.csv, winrates.json, winrates.png (generations cached in {out}/generations)")

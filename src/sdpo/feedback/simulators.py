@@ -351,8 +351,10 @@ class _APISimulator(UserSimulator):
         failed = [r for r in results if r.text is None]
         if failed:
             kinds = sorted({r.error for r in failed})
-            log.warning("%s: %d of %d requests failed after %d tries (%s); they get %s", self._who(), len(failed),
-                        len(results), self.tries, ", ".join(kinds), self.failure_outcome)
+            low, high = min(r.tries for r in failed), max(r.tries for r in failed)  # not retried: 1 try
+            tries = f"{low} tries" if low == high else f"{low} to {high} tries"
+            log.warning("%s: %d of %d requests failed after %s (%s); they get %s", self._who(), len(failed),
+                        len(results), tries.replace("1 tries", "1 try"), ", ".join(kinds), self.failure_outcome)
         return results
 
     failure_outcome = "the fallback follow-up"  # how a failed request is reported (judges: a 'failed' verdict)
