@@ -3,6 +3,12 @@
     sdpo train-online --train_jsonl data/tldr_prompts_unique/train.jsonl --style concise_casual_beginner
     sdpo train-online --train_jsonl ... --simulator claude --style no_emojis     # needs ANTHROPIC_API_KEY
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m sdpo.cli train-online ...
+
+The output directory belongs to one run: a second run into it refuses while the first
+holds it, and a new run into a directory with another run's checkpoints or metrics
+refuses unless given ``--resume_from_checkpoint last`` (continue) or
+``--overwrite_output_dir true`` (start over). Ctrl-C stops after the current step and
+prints the command that resumes.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ ARGUMENTS = OnlineSDPOConfig
 
 
 def run(args: OnlineSDPOConfig) -> int:
+    from sdpo import rundir
     from sdpo.cli import UsageError
     from sdpo.trainers.online import OnlineSDPOTrainer, format_summary
 
     if not args.train_jsonl:
         raise UsageError("--train_jsonl is required (make one with `sdpo prepare tldr|helpsteer2`)")
-    trainer = OnlineSDPOTrainer(args)
-    summary = trainer.train()
+    # the directory is claimed before the model loads (the trainer claims it again, re-entrantly)
+    with rundir.claim(args.output_dir, resume=args.resume_from_checkpoint, overwrite=args.overwrite_output_dir):
+        trainer = OnlineSDPOTrainer(args)
+        summary = trainer.train()
     acc = trainer.accelerator
     if acc.num_processes > 1:
         line = f"rank {acc.process_index}/{acc.num_processes}: parameter checksum {trainer.parameter_checksum():.10e}\n"
