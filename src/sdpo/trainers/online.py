@@ -27,8 +27,10 @@ score of the responses, and the step time split into generate / simulate / score
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -545,63 +547,131 @@ class OnlineSDPOTrainer:
 
     # ------------------------------------------------------------------ loop
     def train(self):
+        """The loop, holding ``output_dir`` (:func:`sdpo.rundir.claim`) for the run's life."""
+        from sdpo import rundir
+
+        cfg, acc = self.cfg, self.accelerator
+        with rundir.claim(cfg.output_dir, resume=cfg.resume_from_checkpoint, overwrite=cfg.overwrite_output_dir,
+                          main=acc.is_main_process):
+            return self._train()
+
+    def _train(self):
+        from sdpo import rundir
+
         cfg, acc = self.cfg, self.accelerator
         out = Path(cfg.output_dir)
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             (out / "sdpo_online_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        history = []
         if cfg.resume_from_checkpoint:
             resumed = self.load_checkpoint(cfg.resume_from_checkpoint)
             acc.print(f"resumed from {resumed} at step {self.step}")
+            if acc.is_main_process:  # what came after the checkpoint is done again: no duplicate rows
+                rundir.truncate_metrics(out / "metrics.jsonl", self.step)
+                rundir.remove_temporary(out)
+            acc.wait_for_everyone()
+            history = [{k: v for k, v in row.items() if k != "step"}
+                       for row in rundir.read_metrics(out / "metrics.jsonl", self.step)]
         sel = self.prompt_selection
         acc.print(f"prompts: training on {sel['prompts_used']} of {sel['prompts_given']} "
                   f"({sel['prompts_too_long']} longer than max_prompt_tokens={cfg.max_prompt_tokens} dropped, "
                   f"max_train_prompts={cfg.max_train_prompts}); {self.max_steps} optimizer steps")
         tracker = self._start_tracker() if acc.is_main_process else None
-        before = self._summary_generations() if self.step == 0 else None
+        before_file = out / "summary_before.json"
+        if self.step == 0:
+            before = self._summary_generations()
+            if before is not None and acc.is_main_process:  # kept for the summary of a resumed run
+                before_file.write_text(json.dumps({"prompts": before[0], "texts": before[1]}, ensure_ascii=False))
+        elif before_file.is_file() and cfg.summary_prompts:
+            saved = json.loads(before_file.read_text())
+            before = (saved["prompts"], saved["texts"])
+        else:
+            before = None
         bar = None
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step")
         self.model.train()
-        history = []
-        while self.step < self.max_steps:
-            started = time.perf_counter()
-            micro_metrics = []
-            rollouts, timings = self._rollouts()
-            for rollout in rollouts:
-                micro_metrics.append(self._micro_step(rollout))
-                self.micro += 1
-            self.step += 1
-            # means over micro-steps; times are totals for the optimizer step
-            metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
-                       for k in micro_metrics[0]}
-            metrics.update(timings)
-            metrics["contexts_truncated"] = float(getattr(self, "_truncated", 0))
-            self._truncated = 0
-            metrics.update(self.simulator.stats.as_metrics())
-            metrics["time/step"] = time.perf_counter() - started
-            metrics = self._mean_over_ranks(metrics)
-            history.append(metrics)
-            if acc.is_main_process:
-                with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-                if tracker is not None:
-                    tracker.log(metrics, step=self.step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
-                                    persona=f"{metrics['persona_rule_score']:.2f}")
-            if self.step % cfg.save_steps == 0 or self.step == self.max_steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+        stop = _StopRequest()
+        try:
+            with stop.installed():
+                while self.step < self.max_steps and not self._agree_to_stop(stop):
+                    self._one_step(history, out, tracker, bar)
+        except KeyboardInterrupt:  # a second Ctrl-C: the current step is abandoned
+            stop.signal = stop.signal or "SIGINT"
+        finally:
+            if bar is not None:
+                bar.close()
+        if stop.signal:
+            self._report_interrupt(stop.signal)
+            if tracker is not None:
+                tracker.finish()
+            raise TrainingInterrupted(f"stopped by {stop.signal} at step {self.step}")
         after = self._summary_generations() if before is not None else None
         self.summary = self._write_summary(before, after, history)
         if tracker is not None:
             tracker.finish()
         return self.summary
+
+    def _one_step(self, history, out, tracker, bar):
+        cfg, acc = self.cfg, self.accelerator
+        started = time.perf_counter()
+        micro_metrics = []
+        rollouts, timings = self._rollouts()
+        for rollout in rollouts:
+            micro_metrics.append(self._micro_step(rollout))
+            self.micro += 1
+        self.step += 1
+        # means over micro-steps; times are totals for the optimizer step
+        metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
+                   for k in micro_metrics[0]}
+        metrics.update(timings)
+        metrics.update(self.simulator.stats.as_metrics())
+        metrics["time/step"] = time.perf_counter() - started
+        metrics = self._mean_over_ranks(metrics)
+        history.append(metrics)
+        if acc.is_main_process:
+            with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            if tracker is not None:
+                tracker.log(metrics, step=self.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
+                                persona=f"{metrics['persona_rule_score']:.2f}")
+        if self.step % cfg.save_steps == 0 or self.step == self.max_steps:
+            self.save_checkpoint()
+
+    def _agree_to_stop(self, stop: "_StopRequest") -> bool:
+        """Whether a stop was asked for (on any rank: all ranks stop after the same step)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return bool(stop.signal)
+        flag = torch.tensor([1.0 if stop.signal else 0.0], device=acc.device)
+        if acc.reduce(flag, reduction="sum").item() > 0:
+            stop.signal = stop.signal or "a signal on another rank"
+            return True
+        return False
+
+    def _report_interrupt(self, signal_name: str):
+        from sdpo import rundir
+
+        acc = self.accelerator
+        if not acc.is_main_process:
+            return
+        done = rundir.complete_checkpoints(self.cfg.output_dir, warn=False)
+        launcher = " (under a launcher, put it in front again)" if acc.num_processes > 1 else ""
+        if done:
+            lines = [f"stopped by {signal_name} after step {self.step} of {self.max_steps}; last complete "
+                     f"checkpoint: {done[-1]} (step {rundir.checkpoint_step(done[-1])})",
+                     f"resume with{launcher}: {rundir.resume_command()}"]
+        else:
+            lines = [f"stopped by {signal_name} after step {self.step} of {self.max_steps}; no checkpoint was saved "
+                     f"yet in {self.cfg.output_dir}",
+                     f"start again with{launcher}: {rundir.restart_command()}"]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _start_tracker(self):
         """trackio (local files, no account) or W&B; the module itself serves as the logger."""
@@ -670,6 +740,42 @@ class OnlineSDPOTrainer:
         if self.accelerator.is_main_process:
             Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         return summary
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped the loop; the message with the resume command was printed."""
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during the loop: the first asks to stop after the current step (the loop
+    checks between steps), a second one stops at once (KeyboardInterrupt, the step is abandoned)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: stopping after the current step (again to stop at once)", file=sys.stderr,
+              flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def format_summary(summary: dict) -> str:
