@@ -240,8 +240,9 @@ def aggregate_distillation_loss(per_token: torch.Tensor, mask: torch.Tensor, how
 #     t = [log pi(y1|x) - log pi_ref(y1|x)] - [log pi(y0|x) - log pi_ref(y0|x)]
 # (sequence log-probs summed over tokens; no beta in training) and the signed index
 # s = (2z - 1) t. DPO:  -log sigmoid(s). Link-based methods (PSPO, OSPO): the
-# cross-entropy of z under a link psi(t). RSPO: the logistic loss on every pair of
-# signed indices in the batch, -log sigmoid(s_i + s_j), i < j.
+# cross-entropy of z under a link psi(t). RSPO: the logistic loss on pairs of signed
+# indices in the batch, -log sigmoid(s_i + s_j): by default all B^2 ordered pairs with
+# i = j included (as causalml/spo), or the i < j pairs only (pairs="upper").
 # ---------------------------------------------------------------------------
 
 
@@ -266,11 +267,23 @@ def link_cross_entropy(psi: torch.Tensor, z: torch.Tensor, eps: float = 1e-6) ->
     return -(z * torch.log(psi) + (1 - z) * torch.log1p(-psi)).mean()
 
 
-def rspo_loss(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Mean over pairs i < j of -log sigmoid(s_i + s_j) (needs a batch of at least 2)."""
+RSPO_PAIRS = ("all", "upper")
+
+
+def rspo_loss(t: torch.Tensor, z: torch.Tensor, pairs: str = "all") -> torch.Tensor:
+    """Mean of -log sigmoid(s_i + s_j) over pairs of the batch's signed indices.
+
+    ``pairs="all"`` (default, the reference's): all B^2 ordered pairs, i = j included
+    (each diagonal term is -log sigmoid(2 s_i)); ``"upper"``: the pairs i < j only
+    (needs at least 2 pairs).
+    """
+    if pairs not in RSPO_PAIRS:
+        raise ValueError(f"rspo pairs must be one of {', '.join(RSPO_PAIRS)}, got {pairs!r}")
     s = signed_index(t, z)
+    if pairs == "all":
+        return -torch.nn.functional.logsigmoid(s[:, None] + s[None, :]).mean()
     n = s.shape[0]
     if n < 2:
-        raise ValueError("the RSPO loss needs at least 2 pairs in a batch")
+        raise ValueError("the RSPO loss with pairs='upper' needs at least 2 pairs in a batch")
     i, j = torch.triu_indices(n, n, offset=1, device=s.device)
     return -torch.nn.functional.logsigmoid(s[i] + s[j]).mean()

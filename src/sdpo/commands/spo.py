@@ -1,6 +1,7 @@
 """``sdpo spo <step>``: semiparametric preference optimization.
 
-    sdpo spo synthetic                       # exact-answer benchmark (CPU, ~30 s)
+    sdpo spo synthetic                       # the paper's synthetic design (CPU, minutes)
+    sdpo spo synthetic --design ours         # our tabular exact-answer design (CPU, ~30 s)
     sdpo spo generate --num_samples 200 --model_id Qwen/Qwen3-0.6B --output data/preferences/prefs.jsonl
     sdpo spo train --pref_path data/preferences/prefs.jsonl --method pspo --output_dir outputs/pspo
     sdpo spo evaluate --model_id outputs/pspo/pspo_final --output outputs/eval/pspo.csv
@@ -16,40 +17,101 @@ from pathlib import Path
 from sdpo.cli import UsageError
 from sdpo.spo import pipeline as P
 
+DESIGNS = ("reference", "ours")
+
 
 @dataclass
 class SyntheticArguments:
-    output_dir: str = field(default="runs/spo-synthetic")
-    seeds: int = field(default=5, metadata={"help": "independent problems per shift"})
-    shifts: str = field(default="0,1,2,3", metadata={"help": "link shifts s"})
+    design: str = field(default="reference", metadata={
+        "help": "'reference': the paper's design (causalml/spo synthetic/: 20-dim Gaussian contexts, 10 actions, "
+                "uniform reference, reward nu*log(pi*/pi_ref) of a teacher MLP, its training procedures); "
+                "'ours': our tabular design trained with sdpo's SPO objectives"})
+    output_dir: str = field(default="", metadata={"help": "default runs/spo-synthetic-<design>"})
+    seeds: str = field(default="", metadata={"help": "comma-separated seeds (default: reference 0,1,2; ours 0-4)"})
+    shifts: str = field(default="", metadata={"help": "link shifts s (default: reference 0,1,1.5; ours 0,1,2,3)"})
+    n: str = field(default="", metadata={"help": "preference pairs per run; reference: a grid (default "
+                                                 "500,1000,2000), ours: one value (default 2000)"})
+    temperature: str = field(default="", metadata={"help": "link temperature tau (default: reference grid 0.25; ours 1)"})
     methods: str = field(default="dpo,pspo,ospo,rspo")
-    contexts: int = field(default=20)
-    actions: int = field(default=6)
-    n_pairs: int = field(default=2000, metadata={"help": "preference pairs per problem"})
-    steps: int = field(default=400, metadata={"help": "Adam steps per method"})
+    kl_budget: float = field(default=0.0, metadata={"help": "KL at which rewards are compared "
+                                                            "(0: the design's default, reference 0.2, ours 0.25)"})
     batch_size: int = field(default=128)
-    learning_rate: float = field(default=0.05)
-    temperature: float = field(default=1.0, metadata={"help": "link temperature tau"})
-    kl_budget: float = field(default=0.25, metadata={"help": "KL at which rewards are compared"})
-    refit_every: int = field(default=20, metadata={"help": "PSPO isotonic refit interval"})
-    memory_size: int = field(default=1024, metadata={"help": "PSPO/OSPO (t, z) memory"})
+    learning_rate: float = field(default=0.0, metadata={"help": "0: the design's default (reference Adam 2e-3, ours 0.05)"})
+    # the reference design
+    d: int = field(default=20, metadata={"help": "reference: context dimension"})
+    k: int = field(default=10, metadata={"help": "reference: actions"})
+    nu: float = field(default=10.0, metadata={"help": "reference: reward scale nu"})
+    m: int = field(default=2000, metadata={"help": "reference: evaluation contexts"})
+    hidden: str = field(default="32,32", metadata={"help": "reference: MLP hidden sizes (teacher and policy)"})
+    epochs: int = field(default=100, metadata={"help": "reference: epochs (DPO, RSPO, OSPO)"})
+    pspo_outer: int = field(default=4, metadata={"help": "reference: PSPO isotonic refits"})
+    pspo_inner: int = field(default=2, metadata={"help": "reference: PSPO epochs per refit"})
+    pspo_warm: int = field(default=3, metadata={"help": "reference: PSPO DPO warm-start epochs"})
+    iso_expand: str = field(default="points", metadata={"help": "reference: PSPO write-back, points (as the reference) or knots"})
+    ospo_mem: int = field(default=0, metadata={"help": "reference: OSPO memory (0: the whole data set)"})
+    ospo_bandwidth: float = field(default=1.0, metadata={"help": "reference: OSPO bandwidth (times std n^-1/5)"})
+    ospo_warm: int = field(default=2, metadata={"help": "reference: OSPO DPO warm-start epochs"})
+    ci_z: float = field(default=1.64, metadata={"help": "reference: interval half-width in standard errors"})
+    # our design
+    contexts: int = field(default=20, metadata={"help": "ours: contexts"})
+    actions: int = field(default=6, metadata={"help": "ours: actions per context"})
+    steps: int = field(default=400, metadata={"help": "ours: Adam steps per method"})
+    refit_every: int = field(default=20, metadata={"help": "ours: PSPO isotonic refit interval"})
+    memory_size: int = field(default=1024, metadata={"help": "ours: OSPO (t, z) memory"})
     blend: float = field(default=0.95)
     smoothing: float = field(default=0.0)
-    bandwidth: float | None = field(default=None)
+    bandwidth: float = field(default=0.5, metadata={"help": "ours: OSPO bandwidth (times the memory's std)"})
+    bandwidth_rule: str = field(default="std")
+    pspo_fit: str = field(default="dataset")
+    pspo_link: str = field(default="soft")
+    rspo_pairs: str = field(default="all")
+
+
+def _ints(text: str, name: str) -> list[int]:
+    values = P._floats(text, name)
+    if any(v != int(v) for v in values):
+        raise ValueError(f"--{name}: expected integers, got {text!r}")
+    return [int(v) for v in values]
 
 
 def run_synthetic(a: SyntheticArguments) -> int:
     from sdpo.spo import synthetic as syn
 
+    if a.design not in DESIGNS:
+        raise ValueError(f"--design must be one of {', '.join(DESIGNS)}, got {a.design!r}")
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    out = Path(a.output_dir or f"runs/spo-synthetic-{a.design}")
+    if a.design == "reference":
+        if a.iso_expand not in ("points", "knots"):
+            raise ValueError(f"--iso_expand must be points or knots, got {a.iso_expand!r}")
+        d = syn.ReferenceDesignConfig()
+        cfg = syn.ReferenceDesignConfig(
+            seeds=tuple(_ints(a.seeds, "seeds")) if a.seeds else d.seeds,
+            n_grid=tuple(_ints(a.n, "n")) if a.n else d.n_grid,
+            s_grid=tuple(P._floats(a.shifts, "shifts")) if a.shifts else d.s_grid,
+            tau_grid=tuple(P._floats(a.temperature, "temperature")) if a.temperature else d.tau_grid,
+            methods=methods, d=a.d, k=a.k, nu=a.nu, m=a.m, hidden=tuple(_ints(a.hidden, "hidden")), epochs=a.epochs,
+            batch_size=a.batch_size, lr=a.learning_rate or d.lr, kappa=a.kl_budget or d.kappa,
+            pspo_outer=a.pspo_outer, pspo_inner=a.pspo_inner, pspo_warm=a.pspo_warm, iso_expand=a.iso_expand,
+            ospo_mem=a.ospo_mem, ospo_bandwidth=a.ospo_bandwidth, ospo_warm=a.ospo_warm, ci_z=a.ci_z)
+        result = syn.run_reference(cfg)
+        syn.write_reference_outputs(result, out)
+        print(syn.format_reference_table(result["summary"], cfg))
+        print(f"== {out}/summary.csv, results.csv, reward_vs_s.png")
+        return 0
+    n = _ints(a.n, "n") if a.n else [2000]
+    tau = P._floats(a.temperature, "temperature") if a.temperature else [1.0]
+    if len(n) != 1 or len(tau) != 1:
+        raise ValueError("--design ours takes one value of --n and of --temperature")
     cfg = syn.SyntheticConfig(
-        contexts=a.contexts, actions=a.actions, n_pairs=a.n_pairs, steps=a.steps, batch_size=a.batch_size,
-        learning_rate=a.learning_rate, shifts=tuple(P._floats(a.shifts, "shifts")), temperature=a.temperature,
-        seeds=a.seeds, methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()), kl_budget=a.kl_budget,
-        refit_every=a.refit_every, memory_size=a.memory_size, blend=a.blend, smoothing=a.smoothing,
-        bandwidth=a.bandwidth,
+        contexts=a.contexts, actions=a.actions, n_pairs=n[0], steps=a.steps, batch_size=a.batch_size,
+        learning_rate=a.learning_rate or 0.05, shifts=tuple(P._floats(a.shifts or "0,1,2,3", "shifts")),
+        temperature=tau[0], seeds=tuple(_ints(a.seeds, "seeds")) if a.seeds else 5, methods=methods,
+        kl_budget=a.kl_budget or 0.25, refit_every=a.refit_every, memory_size=a.memory_size, blend=a.blend,
+        smoothing=a.smoothing, bandwidth=a.bandwidth, bandwidth_rule=a.bandwidth_rule, pspo_fit=a.pspo_fit,
+        pspo_link=a.pspo_link, rspo_pairs=a.rspo_pairs,
     )
     result = syn.run(cfg)
-    out = Path(a.output_dir)
     syn.write_outputs(result, out)
     print(syn.format_table(result["summary"], cfg.kl_budget))
     print(f"== {out}/summary.csv, curves.csv, pareto.png")

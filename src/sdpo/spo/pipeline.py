@@ -19,7 +19,7 @@ import torch
 
 BETAS = "0.5,0.75,1,1.25,1.5,2"
 CSV_FIELDS = ["model_id", "ref_model_id", "reward_model_id", "link_shift", "link_temperature", "seed", "method",
-              "n", "beta", "reward", "kl", "reward_se", "kl_se", "samples"]
+              "n", "beta", "reward", "kl", "reward_se", "kl_se", "samples", "sign"]
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -105,7 +105,7 @@ class GenerateArguments:
     dataset_id: str = field(default="openbmb/UltraFeedback", metadata={"help": "hub dataset id or local file"})
     dataset_split: str = field(default="train")
     prompt_column: str | None = field(default=None, metadata={"help": "default: instruction/prompt/question"})
-    num_samples: int = field(default=200, metadata={"help": "prompts (pairs) to generate"})
+    num_samples: int = field(default=2000, metadata={"help": "prompts (pairs) to generate"})
     model_id: str = field(default="Qwen/Qwen3-0.6B", metadata={"help": "reference model that samples y0, y1"})
     reward_model_id: str = field(default="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
                                  metadata={"help": "sequence classifier, or python:module:function"})
@@ -115,7 +115,8 @@ class GenerateArguments:
     seed: int = field(default=123)
     gen_max_new_tokens: int = field(default=256)
     max_prompt_length: int = field(default=512)
-    temperature: float = field(default=1.0)
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of y0, y1 (reference 0.7)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling of y0, y1 (reference 0.95; 1 = off)"})
     batch_size: int = field(default=8)
 
 
@@ -145,12 +146,35 @@ def _load_prompts(args: GenerateArguments) -> list[str]:
     return prompts[: args.num_samples]
 
 
+@torch.no_grad()
+def sample_responses(model, tok, contexts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                     top_p: float) -> list[str]:
+    """Sampled continuations (temperature, nucleus top-p) of left-padded contexts, cut after EOS."""
+    from ..generation import left_pad
+
+    ids, mask = left_pad(contexts, tok.pad_token_id)
+    device = next(model.parameters()).device
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=temperature > 0,
+                         temperature=temperature if temperature > 0 else None,
+                         top_p=top_p if temperature > 0 and top_p < 1 else None, top_k=None,
+                         max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)[:, ids.shape[1]:].tolist()
+    texts = []
+    for row in out:
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        texts.append(tok.decode(row, skip_special_tokens=True))
+    return texts
+
+
 def generate_preferences(args: GenerateArguments) -> Path:
     from tqdm.auto import tqdm
 
     from ..losses import mixture_link
     from ..models import load_model
-    from ..trainers.online import generate
+
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
 
     prompts = _load_prompts(args)
     reward = RewardModel(args.reward_model_id)
@@ -160,10 +184,10 @@ def generate_preferences(args: GenerateArguments) -> Path:
     for i in tqdm(range(0, len(prompts), args.batch_size), desc="sampling pairs"):
         batch = prompts[i : i + args.batch_size]
         ctx = [_chat_ids(tok, p, args.max_prompt_length) for p in batch]
-        _, y0 = generate(model, tok, ctx, max_new_tokens=args.gen_max_new_tokens, temperature=args.temperature,
-                         device=model.device)
-        _, y1 = generate(model, tok, ctx, max_new_tokens=args.gen_max_new_tokens, temperature=args.temperature,
-                         device=model.device)
+        y0 = sample_responses(model, tok, ctx, max_new_tokens=args.gen_max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p)
+        y1 = sample_responses(model, tok, ctx, max_new_tokens=args.gen_max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p)
         r0, r1 = reward(batch, y0), reward(batch, y1)
         rows += [{"prompt": p, "y0": a, "y1": b, "r0": s0, "r1": s1} for p, a, b, s0, s1 in zip(batch, y0, y1, r0, r1)]
     diffs = torch.tensor([r["r1"] - r["r0"] for r in rows], dtype=torch.float64)
@@ -194,22 +218,40 @@ class TrainArguments:
     method: str = field(default="dpo", metadata={"help": "dpo, pspo, ospo or rspo"})
     base_model_id: str = field(default="Qwen/Qwen3-0.6B", metadata={"help": "policy init and reference"})
     output_dir: str = field(default="outputs/spo")
-    max_steps: int = field(default=50)
+    max_steps: int = field(default=500, metadata={"help": "micro-batches (loss calls), as the reference counts steps; "
+                                                  "the optimizer steps every grad_accum_steps of them"})
     learning_rate: float = field(default=5e-6)
-    batch_size: int = field(default=8)
+    batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch"})
+    grad_accum_steps: int = field(default=4)
+    weight_decay: float = field(default=0.0)
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or constant (both after linear warm-up)"})
+    warmup_steps: int = field(default=10, metadata={"help": "optimizer steps of linear warm-up"})
+    schedule_horizon: str = field(default="max_steps", metadata={
+        "help": "length of the cosine: 'max_steps' (reference: max_steps scheduler steps, although only "
+                "max_steps / grad_accum_steps happen) or 'optimizer_steps' (decays to 0 at the end)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    scale_loss_by_accumulation: bool = field(default=False, metadata={
+        "help": "divide each micro-batch loss by grad_accum_steps (off: summed, as the reference)"})
     seed: int = field(default=123)
     max_prompt_length: int = field(default=512)
     max_response_length: int = field(default=512)
     use_lora: bool = field(default=True, metadata={"help": "train LoRA adapters (the base model is the reference)"})
     lora_r: int = field(default=16)
     lora_alpha: int = field(default=32)
-    lora_dropout: float = field(default=0.0)
-    refit_every: int = field(default=50, metadata={"help": "PSPO: steps between isotonic refits"})
-    smoothing: float = field(default=0.0, metadata={"help": "PSPO: Gaussian smoothing of the isotonic link"})
+    lora_dropout: float = field(default=0.05)
+    refit_every: int = field(default=50, metadata={"help": "PSPO: micro-batches between isotonic refits (first at 0)"})
+    pspo_fit: str = field(default="dataset", metadata={"help": "PSPO: 'dataset' (all pairs, current weights) or 'memory'"})
+    pspo_link: str = field(default="soft", metadata={"help": "PSPO: 'soft' (softmax read-out of PAVA blocks) or 'linear'"})
+    soft_tau: float = field(default=0.1, metadata={"help": "PSPO soft link temperature"})
+    link_clip: float = field(default=1e-4, metadata={"help": "PSPO/OSPO link values clipped to [c, 1-c]"})
+    smoothing: float = field(default=0.0, metadata={"help": "PSPO 'linear' link: Gaussian smoothing"})
     blend: float = field(default=0.95, metadata={"help": "weight of the estimated link vs sigmoid"})
-    memory_size: int = field(default=4096, metadata={"help": "PSPO/OSPO: remembered (t, z) pairs"})
-    bandwidth: float | None = field(default=None, metadata={"help": "OSPO kernel bandwidth (default Silverman)"})
-    min_fit_points: int = field(default=32)
+    memory_size: int = field(default=4096, metadata={"help": "OSPO (and memory-PSPO): remembered earlier (t, z) pairs"})
+    bandwidth: float = field(default=0.5, metadata={"help": "OSPO kernel bandwidth (times the memory's std by default)"})
+    bandwidth_rule: str = field(default="std", metadata={"help": "OSPO: std, fixed or silverman"})
+    ospo_orient: bool = field(default=False, metadata={"help": "OSPO: orient the index by cov(t, z) in memory while training"})
+    min_fit_points: int = field(default=0, metadata={"help": "OSPO/memory-PSPO: logistic loss until this many pairs are remembered"})
+    rspo_pairs: str = field(default="all", metadata={"help": "RSPO: 'all' B^2 pairs incl. i=j, or 'upper' (i<j)"})
 
 
 def read_preferences(path: str) -> list[dict]:
@@ -234,19 +276,77 @@ def read_preferences(path: str) -> list[dict]:
     return rows
 
 
+def _lr_lambda(args: TrainArguments):
+    """LR multiplier per optimizer step: linear warm-up, then cosine to 0 over the horizon (or constant)."""
+    optimizer_steps = max(1, args.max_steps // args.grad_accum_steps)
+    horizon = args.max_steps if args.schedule_horizon == "max_steps" else optimizer_steps
+    warm = args.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / max(1, warm)
+        if args.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, horizon - warm)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def _check_train_args(args: TrainArguments) -> None:
+    if args.lr_scheduler not in ("cosine", "constant"):
+        raise ValueError(f"--lr_scheduler must be cosine or constant, got {args.lr_scheduler!r}")
+    if args.schedule_horizon not in ("max_steps", "optimizer_steps"):
+        raise ValueError(f"--schedule_horizon must be max_steps or optimizer_steps, got {args.schedule_horizon!r}")
+    for name in ("max_steps", "batch_size", "grad_accum_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.method == "rspo" and args.rspo_pairs == "upper" and args.batch_size < 2:
+        raise ValueError("--rspo_pairs upper needs --batch_size >= 2 (it ranks pairs within a batch)")
+
+
+def _batches(n: int, batch_size: int, rng: random.Random, min_size: int = 1):
+    """Endless epochs of shuffled batches; the last batch of an epoch may be smaller (as a
+    shuffled DataLoader without drop_last); batches below min_size are skipped."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        for i in range(0, n, batch_size):
+            if len(order[i : i + batch_size]) >= min_size:
+                yield order[i : i + batch_size]
+
+
+@torch.no_grad()
+def dataset_index(model, ref, examples: list[dict], pad_id: int, batch_size: int) -> tuple[list[float], list[int]]:
+    """t and z of every pair under the current weights (no dropout, no gradient); the model's
+    train/eval mode is restored afterwards."""
+    from ..trainers.spo import pair_index
+
+    was_training = model.training
+    model.eval()
+    ts: list[float] = []
+    try:
+        for i in range(0, len(examples), batch_size):
+            ts += pair_index(model, ref, examples[i : i + batch_size], pad_id).double().cpu().tolist()
+    finally:
+        model.train(was_training)
+    return ts, [int(e["z"]) for e in examples]
+
+
 def train_policy(args: TrainArguments) -> Path:
     import copy
 
     from tqdm.auto import tqdm
 
     from ..models import LoraOptions, load_model
-    from ..trainers.spo import SPOObjective, SPOOptions
+    from ..trainers.spo import SPOObjective, SPOOptions, index_sign, pair_index
 
-    options = SPOOptions(method=args.method, refit_every=args.refit_every, smoothing=args.smoothing,
-                         blend=args.blend, memory_size=args.memory_size, bandwidth=args.bandwidth,
-                         min_fit_points=args.min_fit_points)
-    if args.method == "rspo" and args.batch_size < 2:
-        raise ValueError("--method rspo needs --batch_size >= 2 (it ranks pairs within a batch)")
+    options = SPOOptions(method=args.method, refit_every=args.refit_every, pspo_fit=args.pspo_fit,
+                         pspo_link=args.pspo_link, soft_tau=args.soft_tau, link_clip=args.link_clip,
+                         smoothing=args.smoothing, blend=args.blend, memory_size=args.memory_size,
+                         bandwidth=args.bandwidth, bandwidth_rule=args.bandwidth_rule, ospo_orient=args.ospo_orient,
+                         min_fit_points=args.min_fit_points, rspo_pairs=args.rspo_pairs)
+    _check_train_args(args)
     prefs = read_preferences(args.pref_path)
     lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
     model, tok = load_model(args.base_model_id, dtype="auto", device=_device(), lora=lora, seed=args.seed)
@@ -260,43 +360,59 @@ def train_policy(args: TrainArguments) -> Path:
         y0 = tok(r["y0"], add_special_tokens=False)["input_ids"][: args.max_response_length] + eos
         y1 = tok(r["y1"], add_special_tokens=False)["input_ids"][: args.max_response_length] + eos
         examples.append({"prompt_ids": p, "y0_ids": y0, "y1_ids": y1, "z": int(r["z"])})
-    objective = SPOObjective(options)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-    rng = random.Random(args.seed)
-    order: list[int] = []
+
+    def refit_data():
+        return dataset_index(model, ref, examples, tok.pad_token_id, args.batch_size)
+
+    objective = SPOObjective(options, refit_data=refit_data if args.method == "pspo" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args))
+    batches = _batches(len(examples), args.batch_size, random.Random(args.seed),
+                       min_size=2 if (args.method == "rspo" and args.rspo_pairs == "upper") else 1)
     model.train()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "metrics.jsonl", "w")
-    from ..trainers.spo import pair_index
-
+    skipped = 0
+    opt.zero_grad(set_to_none=True)
     bar = tqdm(range(args.max_steps), desc=f"{args.method} training")
     for step in bar:
-        if len(order) < args.batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [examples[order.pop()] for _ in range(min(args.batch_size, len(examples)))]
+        batch = [examples[i] for i in next(batches)]
         z = torch.tensor([b["z"] for b in batch], dtype=torch.float32, device=model.device)
         t = pair_index(model, ref, batch, tok.pad_token_id).float()
         loss = objective(t, z)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        acc = float(((t.detach() > 0).float() == z).float().mean())
-        rec = {"step": step + 1, "loss": float(loss), "index_mean": float(t.detach().mean()), "pair_accuracy": acc}
+        if torch.isfinite(loss):
+            (loss / args.grad_accum_steps if args.scale_loss_by_accumulation else loss).backward()
+        else:  # as the reference: no backward for a non-finite loss, counted and reported
+            skipped += 1
+        rec = {"step": step + 1, "loss": float(loss), "index_mean": float(t.detach().mean()),
+               "pair_accuracy": float(((t.detach() > 0).float() == z).float().mean()), "lr": sched.get_last_lr()[0]}
+        if (step + 1) % args.grad_accum_steps == 0:
+            if args.max_grad_norm > 0:
+                rec["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{acc:.2f}")
+        bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{rec['pair_accuracy']:.2f}")
     log.close()
+    if skipped:
+        print(f"warning: {skipped} micro-batches had a non-finite loss and were skipped", file=sys.stderr)
+    sign = 1.0
+    if args.method == "ospo":  # orientation of the index over the data, applied at evaluation as sign / beta
+        sign = index_sign(*dataset_index(model, ref, examples, tok.pad_token_id, args.batch_size))
     final = out / f"{args.method}_final"
     model.save_pretrained(final)
     tok.save_pretrained(final)
-    meta = {"method": args.method, "base_model_id": args.base_model_id, "n": len(prefs), "seed": args.seed,
-            "link_shift": prefs[0].get("link_shift"), "link_temperature": prefs[0].get("link_temperature"),
-            "reward_model_id": prefs[0].get("reward_model_id"), "use_lora": args.use_lora, **asdict(options)}
+    meta = {"method": args.method, "sign": sign, "base_model_id": args.base_model_id, "n": len(prefs),
+            "seed": args.seed, "link_shift": prefs[0].get("link_shift"),
+            "link_temperature": prefs[0].get("link_temperature"), "reward_model_id": prefs[0].get("reward_model_id"),
+            "use_lora": args.use_lora, "pspo_refit_steps": objective.refits, "skipped_nonfinite": skipped,
+            "train_args": asdict(args), **asdict(options)}
     (final / "spo_meta.json").write_text(json.dumps(meta, indent=2))
-    print(f"== {args.method} policy -> {final}")
+    print(f"== {args.method} policy -> {final}" + (f" (index sign {sign:+g})" if args.method == "ospo" else ""))
     return final
 
 
@@ -312,11 +428,17 @@ class EvaluateArguments:
     prompts_path: str = field(default="", metadata={"help": "preference JSONL or dataset file whose prompts are used"})
     dataset_id: str = field(default="openbmb/UltraFeedback", metadata={"help": "used when prompts_path is empty"})
     betas: str = field(default=BETAS)
-    eval_samples: int = field(default=64, metadata={"help": "prompts sampled per beta"})
-    eval_batch_size: int = field(default=8)
+    eval_samples: int = field(default=256, metadata={"help": "prompts sampled per beta"})
+    eval_batch_size: int = field(default=4)
     eval_max_new_tokens: int = field(default=256)
+    temperature: float = field(default=0.7, metadata={
+        "help": "sampling temperature applied to pi_beta (reference 0.7; 1 with top_p 1 samples pi_beta exactly)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling of pi_beta (reference 0.95; 1 = off)"})
+    sign: float = field(default=0.0, metadata={
+        "help": "orientation of the policy in pi_beta (mixing weight sign/beta): 0 = read 'sign' from the "
+                "model's spo_meta.json (OSPO stores it; 1 otherwise), or 1 / -1 to override"})
     max_prompt_length: int = field(default=512)
-    seed: int = field(default=0)
+    seed: int = field(default=123)
 
 
 def _load_policy(model_id: str):
@@ -336,10 +458,32 @@ def _load_policy(model_id: str):
     return load_model(model_id, dtype="auto", device=_device())
 
 
+def mixture_logprobs(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, sign: float = 1.0) -> torch.Tensor:
+    """log pi_beta, ``pi_beta ∝ pi_ref^(1 - sign/beta) pi^(sign/beta)`` over the last dim."""
+    return torch.log_softmax((1 - sign / beta) * ref_logp + (sign / beta) * policy_logp, -1)
+
+
+def top_p_probs(logp: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Sampling probabilities from log-probs: temperature, then the smallest set of most likely
+    tokens whose mass reaches top_p (the first token always kept), renormalised."""
+    probs = torch.softmax(logp / max(temperature, 1e-6), -1)
+    if top_p >= 1:
+        return probs
+    sorted_p, idx = torch.sort(probs, descending=True, dim=-1)
+    drop = sorted_p.cumsum(-1) > top_p
+    drop[..., 0] = False
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+
+
 @torch.no_grad()
-def sample_mixture(policy, ref, tok, prompt_ids: list[list[int]], beta: float, max_new_tokens: int, generator):
-    """Sample from pi_beta ∝ pi_ref^(1-1/beta) pi^(1/beta), token by token; returns texts and
-    sum_t [log pi_beta(y_t) - log pi_ref(y_t)] (the per-sample KL estimate) up to and including EOS."""
+def sample_mixture(policy, ref, tok, prompt_ids: list[list[int]], beta: float, max_new_tokens: int, generator,
+                   *, sign: float = 1.0, temperature: float = 1.0, top_p: float = 1.0):
+    """Sample from pi_beta ∝ pi_ref^(1 - sign/beta) pi^(sign/beta), token by token; returns texts and
+    sum_t [log pi_beta(y_t) - log pi_ref(y_t)] (the per-sample KL estimate) up to and including EOS.
+    With temperature / top_p the tokens are drawn from the tempered nucleus of pi_beta while the
+    KL terms still use pi_beta itself (as the reference's evaluation)."""
     device = next(policy.parameters()).device
     n = len(prompt_ids)
     width = max(len(p) for p in prompt_ids)
@@ -362,8 +506,8 @@ def sample_mixture(policy, ref, tok, prompt_ids: list[list[int]], beta: float, m
         past_p, past_r = op.past_key_values, orf.past_key_values
         lp = torch.log_softmax(op.logits[:, -1].double(), -1)
         lr = torch.log_softmax(orf.logits[:, -1].double(), -1)
-        lb = torch.log_softmax((1 - 1 / beta) * lr + (1 / beta) * lp, -1)
-        nxt = torch.multinomial(lb.exp().float(), 1, generator=generator).squeeze(1)
+        lb = mixture_logprobs(lp, lr, beta, sign)
+        nxt = torch.multinomial(top_p_probs(lb, temperature, top_p).float(), 1, generator=generator).squeeze(1)
         nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
         step_kl = (lb.gather(1, nxt[:, None]) - lr.gather(1, nxt[:, None])).squeeze(1)
         kl += torch.where(done, torch.zeros_like(step_kl), step_kl)
@@ -388,6 +532,10 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
     betas = _floats(args.betas, "betas")
     if any(b <= 0 for b in betas):
         raise ValueError("--betas must all be > 0")
+    if args.sign not in (0.0, 1.0, -1.0):
+        raise ValueError(f"--sign must be 0 (from spo_meta.json), 1 or -1, got {args.sign}")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        raise ValueError(f"--top_p must be in (0, 1] and --temperature > 0, got {args.top_p} and {args.temperature}")
     if args.prompts_path:
         from ..data.io import iter_jsonl
 
@@ -409,13 +557,17 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
     reward = RewardModel(args.reward_model_id)
     meta_path = Path(args.model_id) / "spo_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    sign = args.sign or float(meta.get("sign", 1.0))
+    if sign < 0:
+        print(f"   {args.model_id}: index sign -1 from training, sampling with sign/beta")
     ctx = [_chat_ids(tok, p, args.max_prompt_length) for p in prompts]
     g = torch.Generator(device=next(policy.parameters()).device).manual_seed(args.seed)
     rows = []
     for beta in tqdm(betas, desc="beta scan"):
         texts, kls = [], []
         for i in range(0, len(ctx), args.eval_batch_size):
-            t, k = sample_mixture(policy, ref, tok, ctx[i : i + args.eval_batch_size], beta, args.eval_max_new_tokens, g)
+            t, k = sample_mixture(policy, ref, tok, ctx[i : i + args.eval_batch_size], beta, args.eval_max_new_tokens, g,
+                                  sign=sign, temperature=args.temperature, top_p=args.top_p)
             texts += t
             kls += k
         scores = reward(prompts, texts)
@@ -426,7 +578,7 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
                      "reward_model_id": args.reward_model_id, "link_shift": meta.get("link_shift"),
                      "link_temperature": meta.get("link_temperature"), "seed": meta.get("seed"),
                      "method": meta.get("method"), "n": meta.get("n"), "beta": beta, "reward": mean_r, "kl": mean_k,
-                     "reward_se": se(scores, mean_r), "kl_se": se(kls, mean_k), "samples": n})
+                     "reward_se": se(scores, mean_r), "kl_se": se(kls, mean_k), "samples": n, "sign": sign})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -446,9 +598,9 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
 
 @dataclass
 class GridArguments:
-    seeds: str = field(default="123,456,789,1011")
+    seeds: str = field(default="123")
     link_shifts: str = field(default="0.0,0.5,1.0,2.0")
-    n_list: str = field(default="5000")
+    n_list: str = field(default="500,2000,5000")
     methods: str = field(default="dpo,pspo,ospo,rspo")
     gpus: str = field(default="0", metadata={"help": "devices to spread cells over ('cpu' for none)"})
     workers_per_gpu: int = field(default=1)
@@ -459,14 +611,16 @@ class GridArguments:
     link_temperature: float = field(default=1.0)
     max_steps: int = field(default=500)
     learning_rate: float = field(default=5e-6)
-    batch_size: int = field(default=8)
+    batch_size: int = field(default=4)
+    grad_accum_steps: int = field(default=4)
     use_lora: bool = field(default=True)
     max_prompt_length: int = field(default=512)
     max_response_length: int = field(default=512)
-    gen_max_new_tokens: int = field(default=256)
-    eval_max_new_tokens: int = field(default=256)
+    gen_max_new_tokens: int = field(default=128)
+    gen_batch_size: int = field(default=4)
+    eval_max_new_tokens: int = field(default=128)
     eval_samples: int = field(default=64)
-    eval_batch_size: int = field(default=8)
+    eval_batch_size: int = field(default=2)
     betas: str = field(default=BETAS)
     dry_run: bool = field(default=False, metadata={"help": "print the cells and their commands; run nothing"})
 
@@ -482,11 +636,12 @@ def _cell_commands(a: GridArguments, seed: int, shift: float, n: int, method: st
         cmds.append(sdpo + ["generate", "--dataset_id", a.dataset_id, "--num_samples", str(n), "--model_id", a.model_id,
                             "--reward_model_id", a.reward_model_id, "--output", str(prefs), "--link_shift", str(shift),
                             "--link_temperature", str(a.link_temperature), "--seed", str(seed),
-                            "--gen_max_new_tokens", str(a.gen_max_new_tokens),
+                            "--gen_max_new_tokens", str(a.gen_max_new_tokens), "--batch_size", str(a.gen_batch_size),
                             "--max_prompt_length", str(a.max_prompt_length)])
     cmds.append(sdpo + ["train", "--pref_path", str(prefs), "--method", method, "--base_model_id", a.model_id,
                         "--output_dir", str(root / "models" / name), "--max_steps", str(a.max_steps),
                         "--learning_rate", str(a.learning_rate), "--batch_size", str(a.batch_size),
+                        "--grad_accum_steps", str(a.grad_accum_steps),
                         "--seed", str(seed), "--use_lora", str(a.use_lora),
                         "--max_prompt_length", str(a.max_prompt_length),
                         "--max_response_length", str(a.max_response_length)])
@@ -583,7 +738,9 @@ def run_grid(a: GridArguments) -> int:
 class AnalyzeArguments:
     results_dir: str = field(default="outputs/grid/eval", metadata={"help": "folder of evaluation CSVs"})
     output_dir: str = field(default="", metadata={"help": "default <results_dir>/analysis"})
-    kl_budget: float = field(default=0.0, metadata={"help": "KL at which rewards are compared (0: median KL)"})
+    kl_budget: float = field(default=0.5, metadata={"help": "KL at which rewards are compared (reference kappa 0.5; "
+                                                              "0: the median KL of all rows)"})
+    ci_z: float = field(default=1.64, metadata={"help": "interval half-width in standard errors (1.64: 90%, as the reference)"})
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float:
@@ -623,20 +780,20 @@ def analyze_results(a: AnalyzeArguments) -> Path:
     for s in shifts:
         for m in methods:
             vals = [v for (mm, ss, _), v in at_budget.items() if mm == m and ss == s]
-            mean, ci = _mean_ci(vals)
-            row = {"method": m, "shift": s, "reward_at_budget": mean, "seeds": len(vals), "ci95": ci}
+            mean, ci = _mean_ci(vals, a.ci_z)
+            row = {"method": m, "shift": s, "reward_at_budget": mean, "seeds": len(vals), "ci": ci}
             if m != "dpo" and "dpo" in methods:
                 diffs = [v - at_budget[("dpo", s, seed)] for (mm, ss, seed), v in at_budget.items()
                          if mm == m and ss == s and ("dpo", s, seed) in at_budget]
                 if diffs:
-                    row["diff_vs_dpo"], row["diff_ci95"] = _mean_ci(diffs)
+                    row["diff_vs_dpo"], row["diff_ci"] = _mean_ci(diffs, a.ci_z)
             summary.append(row)
-    (out / "summary.json").write_text(json.dumps({"kl_budget": budget, "rows": summary}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"kl_budget": budget, "ci_z": a.ci_z, "rows": summary}, indent=2))
     _plots(rows, summary, methods, shifts, budget, out)
-    print(f"reward at KL = {budget:.4g} (mean over seeds ± 95% CI; paired difference vs DPO)")
+    print(f"reward at KL = {budget:.4g} (mean over seeds ± {a.ci_z:g} SE; paired difference vs DPO)")
     for r in summary:
-        extra = f"   Δ vs dpo {r['diff_vs_dpo']:+.4f} ± {r['diff_ci95']:.4f}" if "diff_vs_dpo" in r else ""
-        print(f"  shift {r['shift']:<4g} {r['method']:<5} {r['reward_at_budget']:+.4f} ± {r['ci95']:.4f}{extra}")
+        extra = f"   Δ vs dpo {r['diff_vs_dpo']:+.4f} ± {r['diff_ci']:.4f}" if "diff_vs_dpo" in r else ""
+        print(f"  shift {r['shift']:<4g} {r['method']:<5} {r['reward_at_budget']:+.4f} ± {r['ci']:.4f}{extra}")
     print(f"== {out}")
     return out
 
@@ -667,7 +824,7 @@ def _plots(rows, summary, methods, shifts, budget, out: Path) -> None:
     for m in methods:
         rs = [r for r in summary if r["method"] == m]
         ax.errorbar([r["shift"] for r in rs], [r["reward_at_budget"] for r in rs],
-                    yerr=[0 if math.isnan(r["ci95"]) else r["ci95"] for r in rs], marker="o", capsize=3, label=m)
+                    yerr=[0 if math.isnan(r["ci"]) else r["ci"] for r in rs], marker="o", capsize=3, label=m)
     ax.set_xlabel("link shift")
     ax.set_ylabel(f"reward at KL = {budget:.3g}")
     ax.legend()

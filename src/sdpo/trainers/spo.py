@@ -2,31 +2,39 @@
 
 All four methods see the same index per preference pair,
 ``t = [log pi(y1) - log pi_ref(y1)] - [log pi(y0) - log pi_ref(y0)]`` (sequence
-log-probs, no beta), and differ in the link ``P(z = 1 | t)`` they assume:
+log-probs, no beta), and differ in the link ``P(z = 1 | t)`` they assume. The defaults
+are those of causalml/spo (``ultrafeedback/src/spo/training``); see docs/fidelity/spo.md.
 
 - ``dpo``: the logistic link, loss ``-log sigmoid((2z - 1) t)``.
-- ``pspo`` (profiled): every ``refit_every`` steps an isotonic regression of ``z`` on
-  ``t`` (scikit-learn's ``IsotonicRegression``) over a FIFO memory of recent pairs,
-  made continuous by linear interpolation and, with ``smoothing > 0``, a Gaussian
-  convolution (both keep it monotone), blended ``blend * fit + (1 - blend) *
-  sigmoid(t)`` (the logistic part keeps a gradient where the fit is flat);
-  cross-entropy of ``z``.
-- ``ospo`` (orthogonalized): a Nadaraya-Watson estimate of the link (Gaussian kernel,
-  ``bandwidth`` or Silverman's rule) from the memory of *earlier* batches, so a
-  pair's own label never shapes its link; the same blend and cross-entropy, with
-  the index oriented by the sign of cov(t, z) in memory.
-- ``rspo`` (ranking): the logistic loss on every pair of signed indices in the
-  batch, ``-log sigmoid(s_i + s_j)``; it only needs the link to be symmetric.
+- ``pspo`` (profiled): an isotonic fit (PAVA) of ``z`` on ``t`` over the *whole*
+  preference set with the current weights, at step 0 and every ``refit_every`` steps
+  (the trainer supplies the indices through ``refit_data``). The fitted blocks
+  ``(x_k, y_k)`` (``x_k`` the block's mid-point, ``y_k`` clipped to
+  ``[link_clip, 1 - link_clip]``) give the soft link
+  ``psi(t) = sum_k softmax_k(-|t - x_k| / soft_tau) y_k``, blended
+  ``blend * psi + (1 - blend) * sigmoid(t)``; cross-entropy of ``z``.
+  Our earlier variant (``pspo_fit="memory"``, ``pspo_link="linear"``): scikit-learn's
+  isotonic fit on a FIFO memory of recent (stale) indices, linear interpolation.
+- ``ospo`` (orthogonalized): a Gaussian Nadaraya-Watson estimate of the link from a
+  memory of the ``memory_size`` *earlier* pairs (bandwidth ``bandwidth * (std + 1e-6)``
+  of the memory's indices), 0.5 while the memory is empty, clipped to
+  ``[link_clip, 1 - link_clip]``, the same blend and cross-entropy. After training, the
+  sign of cov(t, z) over the data (:func:`index_sign`) is stored with the model and the
+  evaluation uses ``sign / beta``. ``ospo_orient=True`` (ours) also orients the index by
+  that sign in memory during training.
+- ``rspo`` (ranking): ``-log sigmoid(s_i + s_j)`` averaged over all ``B^2`` ordered pairs
+  of the batch's signed indices, ``i = j`` included (``rspo_pairs="upper"``: i < j).
 
 :class:`SPOObjective` holds the state (memory, fitted link) and is shared by the
-synthetic benchmark (:mod:`sdpo.spo.synthetic`) and the LLM trainer below.
+synthetic benchmark (:mod:`sdpo.spo.synthetic`) and the LLM trainer
+(:mod:`sdpo.spo.pipeline`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +42,9 @@ import torch
 from .. import losses
 
 METHODS = ("dpo", "pspo", "ospo", "rspo")
+PSPO_FITS = ("dataset", "memory")
+PSPO_LINKS = ("soft", "linear")
+BANDWIDTH_RULES = ("std", "fixed", "silverman")
 
 
 def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -46,12 +57,71 @@ def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     return y0 + w * (y1 - y0)
 
 
-class IsotonicLink:
-    """Monotone link estimate: isotonic fit, linear interpolation, optional Gaussian smoothing."""
+def pava(t: np.ndarray, z: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators on the points sorted by ``t`` (numpy's default argsort, one
+    block per point, ties not pooled first): adjacent blocks are merged while the left mean
+    exceeds the right one by more than ``eps``. Returns each block's mid-point
+    ``(min t + max t) / 2`` and its mean ``z`` (non-decreasing up to ``eps``)."""
+    t = np.asarray(t, dtype=np.float64).ravel()
+    z = np.asarray(z, dtype=np.float64).ravel()
+    if t.size == 0 or t.size != z.size:
+        raise ValueError(f"pava needs matching non-empty t and z, got {t.size} and {z.size} values")
+    order = np.argsort(t)
+    lo: list[float] = []
+    hi: list[float] = []
+    mean: list[float] = []
+    count: list[int] = []
+    for ti, zi in zip(t[order].tolist(), z[order].tolist()):
+        lo.append(ti), hi.append(ti), mean.append(zi), count.append(1)
+        while len(mean) > 1 and mean[-2] > mean[-1] + eps:
+            m2, c2, h2 = mean.pop(), count.pop(), hi.pop()
+            lo.pop()
+            c1 = count[-1]
+            mean[-1] = (mean[-1] * c1 + m2 * c2) / (c1 + c2)
+            count[-1] = c1 + c2
+            hi[-1] = h2
+    x_hat = 0.5 * (np.asarray(lo) + np.asarray(hi))
+    return x_hat, np.asarray(mean)
 
-    def __init__(self, smoothing: float = 0.0, grid: int = 257):
+
+def soft_step_link(t: torch.Tensor, x_hat: torch.Tensor, y_hat: torch.Tensor, tau: float) -> torch.Tensor:
+    """``sum_k softmax_k(-|t - x_k| / tau) y_k``: a smooth, differentiable read-out of step values."""
+    w = torch.softmax(-(t[:, None] - x_hat[None, :]).abs() / tau, dim=1)
+    return (w * y_hat[None, :]).sum(1)
+
+
+class SoftIsotonicLink:
+    """PAVA fit of z on t, block values clipped, read out with :func:`soft_step_link` (the reference's PSPO link)."""
+
+    def __init__(self, tau: float = 0.1, clip: float = 1e-4, eps: float = 1e-6):
+        self.tau, self.clip, self.eps = tau, clip, eps
+        self.xp: np.ndarray | None = None
+        self.fp: np.ndarray | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.xp is not None
+
+    def fit(self, t: np.ndarray, z: np.ndarray) -> "SoftIsotonicLink":
+        x_hat, y_hat = pava(t, z, self.eps)
+        self.xp, self.fp = x_hat, np.clip(y_hat, self.clip, 1 - self.clip)
+        return self
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            raise RuntimeError("SoftIsotonicLink used before fit()")
+        xp = torch.as_tensor(self.xp, dtype=t.dtype, device=t.device)
+        fp = torch.as_tensor(self.fp, dtype=t.dtype, device=t.device)
+        return soft_step_link(t, xp, fp, self.tau)
+
+
+class IsotonicLink:
+    """Our earlier PSPO link: scikit-learn isotonic fit, linear interpolation, optional Gaussian smoothing."""
+
+    def __init__(self, smoothing: float = 0.0, grid: int = 257, clip: float = 0.0):
         self.smoothing = smoothing
         self.grid = grid
+        self.clip = clip
         self.xp: np.ndarray | None = None
         self.fp: np.ndarray | None = None
 
@@ -73,7 +143,10 @@ class IsotonicLink:
             weights /= weights.sum()
             fp = sum(w * np.interp(grid - o, xp, fp) for o, w in zip(offsets, weights))
             xp = grid
-        self.xp, self.fp = xp, np.maximum.accumulate(fp)  # guard exact monotonicity against rounding
+        fp = np.maximum.accumulate(fp)  # guard exact monotonicity against rounding
+        if self.clip > 0:
+            fp = np.clip(fp, self.clip, 1 - self.clip)
+        self.xp, self.fp = xp, fp
         return self
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
@@ -84,13 +157,31 @@ class IsotonicLink:
         return interp(t, xp, fp)
 
 
-class KernelLink:
-    """Nadaraya-Watson link from a FIFO memory of (t, z), Gaussian kernel."""
+def index_sign(t, z) -> float:
+    """+1 when cov(t, z) >= 0 (population covariance), else -1: the orientation OSPO stores with the model."""
+    t = np.asarray(t, dtype=np.float64).ravel()
+    z = np.asarray(z, dtype=np.float64).ravel()
+    if t.size == 0:
+        return 1.0
+    cov = float(np.mean((t - t.mean()) * (z - z.mean())))
+    return 1.0 if cov >= 0 else -1.0
 
-    def __init__(self, memory_size: int = 4096, bandwidth: float | None = None):
+
+class KernelLink:
+    """Gaussian Nadaraya-Watson link from a FIFO memory of (t, z).
+
+    ``g(t) = sum_m w_m z_m / (sum_m w_m + 1e-6)``, ``w_m = exp(-((t - t_m) / h)^2 / 2)``,
+    clipped to ``[clip, 1 - clip]``; 0.5 with an empty memory. The bandwidth ``h``:
+    ``rule="std"`` (reference) ``bandwidth * (std(t_m) + 1e-6)`` (population std);
+    ``"fixed"``: ``bandwidth``; ``"silverman"``: ``1.06 std n^(-1/5)``.
+    """
+
+    def __init__(self, memory_size: int = 4096, bandwidth: float = 0.5, rule: str = "std", clip: float = 1e-4):
+        if rule not in BANDWIDTH_RULES:
+            raise ValueError(f"bandwidth rule must be one of {', '.join(BANDWIDTH_RULES)}, got {rule!r}")
         self.t: deque = deque(maxlen=memory_size)
         self.z: deque = deque(maxlen=memory_size)
-        self.bandwidth = bandwidth
+        self.bandwidth, self.rule, self.clip = bandwidth, rule, clip
 
     def __len__(self):
         return len(self.t)
@@ -100,45 +191,60 @@ class KernelLink:
         self.z.extend(np.asarray(z, dtype=np.float64).ravel().tolist())
 
     def current_bandwidth(self) -> float:
-        if self.bandwidth is not None:
-            return self.bandwidth
         t = np.asarray(self.t)
-        spread = float(t.std()) if t.size > 1 else 1.0
-        return max(1.06 * max(spread, 1e-3) * t.size ** (-0.2), 1e-3)  # Silverman's rule
+        std = float(t.std()) if t.size else 0.0
+        if self.rule == "fixed":
+            return float(self.bandwidth)
+        if self.rule == "std":
+            return float(self.bandwidth) * (std + 1e-6)
+        return max(1.06 * max(std, 1e-3) * max(t.size, 1) ** (-0.2), 1e-3)  # Silverman's rule
 
     def orientation(self) -> float:
-        if len(self.t) < 2:
-            return 1.0
-        t, z = np.asarray(self.t), np.asarray(self.z)
-        cov = float(np.mean((t - t.mean()) * (z - z.mean())))
-        return -1.0 if cov < 0 else 1.0
+        return index_sign(np.asarray(self.t), np.asarray(self.z)) if len(self.t) >= 2 else 1.0
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if not self.t:
-            raise RuntimeError("KernelLink used with an empty memory")
+            return torch.full_like(t, 0.5) + 0.0 * t
         mt = torch.as_tensor(np.asarray(self.t), dtype=t.dtype, device=t.device)
         mz = torch.as_tensor(np.asarray(self.z), dtype=t.dtype, device=t.device)
-        h = self.current_bandwidth()
-        logw = -0.5 * ((t[:, None] - mt[None, :]) / h) ** 2
-        w = torch.softmax(logw, dim=1)  # normalised kernel weights, stable for far-away t
-        return (w * mz[None, :]).sum(1)
+        u = (t[:, None] - mt[None, :]) / self.current_bandwidth()
+        w = torch.exp(-0.5 * u * u)
+        g = (w * mz[None, :]).sum(1) / (w.sum(1) + 1e-6)
+        return g.clamp(self.clip, 1 - self.clip)
 
 
 @dataclass
 class SPOOptions:
     method: str = "dpo"
     refit_every: int = 50
-    """PSPO: steps between isotonic refits."""
+    """PSPO: steps (loss calls, i.e. micro-batches) between isotonic refits; the first fit is at step 0."""
+    pspo_fit: str = "dataset"
+    """PSPO: 'dataset' refits on every pair with the current weights (reference; needs refit_data);
+    'memory' (ours) on the FIFO memory of indices seen in earlier steps."""
+    pspo_link: str = "soft"
+    """PSPO: 'soft' PAVA blocks read out by a softmax over distances (reference); 'linear' (ours):
+    scikit-learn isotonic fit with linear interpolation (and optional smoothing)."""
+    soft_tau: float = 0.1
+    """PSPO soft link temperature."""
+    link_clip: float = 1e-4
+    """PSPO block values / OSPO kernel estimate are clipped to [link_clip, 1 - link_clip]."""
     smoothing: float = 0.0
-    """PSPO: Gaussian smoothing bandwidth of the isotonic link (0: linear interpolation only)."""
+    """PSPO 'linear' link: Gaussian smoothing bandwidth (0: linear interpolation only)."""
     blend: float = 0.95
     """Weight of the estimated link; the rest is the logistic sigmoid(t)."""
     memory_size: int = 4096
-    """PSPO/OSPO: how many recent (t, z) pairs the link is estimated from."""
-    bandwidth: float | None = None
-    """OSPO: kernel bandwidth (None: Silverman's rule on the memory)."""
-    min_fit_points: int = 32
-    """PSPO/OSPO use the logistic link until the memory holds this many pairs."""
+    """OSPO (and PSPO with pspo_fit='memory'): how many earlier (t, z) pairs are remembered."""
+    bandwidth: float = 0.5
+    """OSPO kernel bandwidth: a multiple of the memory's std (bandwidth_rule 'std'), or absolute ('fixed')."""
+    bandwidth_rule: str = "std"
+    """OSPO: 'std' (reference), 'fixed', or 'silverman' (ours before; ignores bandwidth)."""
+    ospo_orient: bool = False
+    """OSPO (ours): orient the index by the sign of cov(t, z) in memory during training."""
+    min_fit_points: int = 0
+    """OSPO / memory-PSPO: use the logistic (DPO) loss until the memory holds this many pairs
+    (0: reference behaviour, OSPO uses the constant link 0.5 while the memory is empty)."""
+    rspo_pairs: str = "all"
+    """RSPO: 'all' B^2 ordered pairs with i = j (reference), or 'upper' (i < j, ours before)."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -148,45 +254,81 @@ class SPOOptions:
         if self.refit_every < 1 or self.memory_size < 1:
             raise ValueError("refit_every and memory_size must be >= 1")
         if self.bandwidth is not None and self.bandwidth <= 0:
-            raise ValueError("bandwidth must be > 0")
+            raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
+        for name, value, allowed in (("pspo_fit", self.pspo_fit, PSPO_FITS), ("pspo_link", self.pspo_link, PSPO_LINKS),
+                                     ("bandwidth_rule", self.bandwidth_rule, BANDWIDTH_RULES),
+                                     ("rspo_pairs", self.rspo_pairs, losses.RSPO_PAIRS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.soft_tau <= 0:
+            raise ValueError(f"soft_tau must be > 0, got {self.soft_tau}")
+        if not 0.0 <= self.link_clip < 0.5:
+            raise ValueError(f"link_clip must be in [0, 0.5), got {self.link_clip}")
 
 
 @dataclass
 class SPOObjective:
-    """The loss of one method, with the link state it carries between steps."""
+    """The loss of one method, with the link state it carries between steps.
+
+    ``refit_data`` (PSPO with ``pspo_fit='dataset'``): a callable returning ``(t, z)`` for
+    every preference pair under the current weights, without gradient.
+    """
 
     options: SPOOptions
+    refit_data: Callable[[], tuple] | None = None
     step: int = 0
     memory: KernelLink = field(init=False)
-    isotonic: IsotonicLink = field(init=False)
-    stats: dict = field(default_factory=dict)
+    isotonic: object = field(init=False)
+    refits: list = field(default_factory=list)
+    """Steps at which the PSPO link was (re)fitted."""
 
     def __post_init__(self):
-        self.memory = KernelLink(self.options.memory_size, self.options.bandwidth)
-        self.isotonic = IsotonicLink(self.options.smoothing)
+        o = self.options
+        self.memory = KernelLink(o.memory_size, o.bandwidth, o.bandwidth_rule, o.link_clip)
+        if o.pspo_link == "soft":
+            self.isotonic = SoftIsotonicLink(o.soft_tau, o.link_clip)
+        else:
+            self.isotonic = IsotonicLink(o.smoothing, clip=o.link_clip)
+        if o.method == "pspo" and o.pspo_fit == "dataset" and self.refit_data is None:
+            raise ValueError("pspo with pspo_fit='dataset' needs refit_data (the indices of all pairs)")
+
+    def _blend(self, psi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.options.blend * psi + (1 - self.options.blend) * torch.sigmoid(t)
 
     def link(self, t: torch.Tensor) -> torch.Tensor | None:
         """The current link P(z=1 | t) (None while the logistic one is used)."""
         o = self.options
         if o.method == "pspo" and self.isotonic.fitted:
-            return o.blend * self.isotonic(t) + (1 - o.blend) * torch.sigmoid(t)
+            return self._blend(self.isotonic(t), t)
         if o.method == "ospo" and len(self.memory) >= o.min_fit_points:
-            sign = self.memory.orientation()
-            return o.blend * self.memory(sign * t) + (1 - o.blend) * torch.sigmoid(sign * t)
+            sign = self.memory.orientation() if o.ospo_orient else 1.0
+            return self._blend(self.memory(sign * t), sign * t)
         return None
+
+    def _refit_pspo(self) -> None:
+        o = self.options
+        if o.pspo_fit == "dataset":
+            if not self.isotonic.fitted or self.step % o.refit_every == 0:
+                t_all, z_all = self.refit_data()
+                self.isotonic.fit(np.asarray(t_all, dtype=np.float64), np.asarray(z_all, dtype=np.float64))
+                self.refits.append(self.step)
+        elif self.step % o.refit_every == 0 and len(self.memory) >= max(o.min_fit_points, 2):
+            self.isotonic.fit(np.asarray(self.memory.t), np.asarray(self.memory.z))
+            self.refits.append(self.step)
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         o = self.options
         if o.method == "dpo":
             loss = losses.dpo_loss(t, z)
         elif o.method == "rspo":
-            loss = losses.rspo_loss(t, z)
+            loss = losses.rspo_loss(t, z, pairs=o.rspo_pairs)
         else:
-            if o.method == "pspo" and self.step % o.refit_every == 0 and len(self.memory) >= o.min_fit_points:
-                self.isotonic.fit(np.asarray(self.memory.t), np.asarray(self.memory.z))
+            if o.method == "pspo":
+                self._refit_pspo()
             psi = self.link(t)
             loss = losses.dpo_loss(t, z) if psi is None else losses.link_cross_entropy(psi, z)
-            self.memory.add(t.detach().cpu().double().numpy(), z.detach().cpu().double().numpy())
+            if o.method == "ospo" or o.pspo_fit == "memory":
+                self.memory.add(t.detach().cpu().double().numpy(), z.detach().cpu().double().numpy())
         self.step += 1
         return loss
 
