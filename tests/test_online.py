@@ -373,3 +373,14 @@ def test_long_contexts_are_counted_and_warned(prompts_file, tmp_path):
                           "--summary_prompts", "0")) == 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["contexts_truncated"] >= 2  # both prompts' student contexts, and their teacher contexts
+
+
+def test_simulator_retry_options_reach_the_api_simulator(monkeypatch):
+    from sdpo.trainers.online import OnlineSDPOConfig, build_simulator
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+    cfg = OnlineSDPOConfig(train_jsonl="x", simulator="openai", simulator_base_url="http://127.0.0.1:9/v1",
+                           simulator_model="m", simulator_max_retries=2, simulator_timeout=5.0,
+                           simulator_retry_backoff=0.1)
+    sim = build_simulator(cfg)
+    assert (sim.max_retries, sim.timeout, sim.retry_backoff) == (2, 5.0, 0.1)

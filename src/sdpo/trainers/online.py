@@ -65,6 +65,9 @@ class OnlineSDPOConfig:
     )
     simulator_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai: e.g. vLLM)"})
     simulator_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
+    simulator_max_retries: int = field(default=6, metadata={"help": "API: retries after the first try of a request"})
+    simulator_timeout: float = field(default=60.0, metadata={"help": "API: seconds per try"})
+    simulator_retry_backoff: float = field(default=0.5, metadata={"help": "API: first wait in seconds, doubling"})
     simulator_temperature: float | None = field(default=None, metadata={"help": "default 0.7 local, 0 API"})
     simulator_max_new_tokens: int | None = field(default=None, metadata={"help": "default 128 local, 256 API"})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
@@ -189,7 +192,9 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
         with zero3_init_disabled():
             return sims.StyleUserSimulator(cfg.style, model=cfg.simulator_model or cfg.model_name_or_path, **kwargs)
     cls = sims.ClaudeStyleUserSimulator if cfg.simulator == "claude" else sims.OpenAICompatibleUserSimulator
-    kwargs = dict(base_url=cfg.simulator_base_url, max_concurrency=cfg.simulator_concurrency)
+    kwargs = dict(base_url=cfg.simulator_base_url, max_concurrency=cfg.simulator_concurrency,
+                  max_retries=cfg.simulator_max_retries, timeout=cfg.simulator_timeout,
+                  retry_backoff=cfg.simulator_retry_backoff)
     if cfg.simulator_model:
         kwargs["model"] = cfg.simulator_model
     if cfg.simulator_temperature is not None:
