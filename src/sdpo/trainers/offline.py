@@ -68,14 +68,27 @@ class OfflineSDPOConfig(TrainingArguments):
         "help": "optimizer; the reference uses adamw_bnb_8bit (8-bit AdamW, needs bitsandbytes and a GPU)"})
     logging_steps: float = field(default=1, metadata={"help": "log every N steps"})
     save_steps: float = field(default=100, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int | None = field(
+        default=3, metadata={"help": "keep only the newest N checkpoints (None/0 = keep all)"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start over in an output_dir that holds another run (deletes its "
+                                         "checkpoints and metrics.jsonl)"})
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random or group_by_length"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay false"})
     project: str = field(default="sdpo", metadata={"help": "tracker project name"})
     report_to: None | str | list[str] = field(default="trackio", metadata={"help": "trackio (local, default), wandb, none"})
 
     def __post_init__(self):
+        from sdpo import rundir
+
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-offline" / time.strftime("%Y%m%d-%H%M%S"))
+        rundir.check_output_path(self.output_dir)
+        if self.overwrite_output_dir and self.resume_from_checkpoint not in (None, "", "false", "False"):
+            raise rundir.RunDirError("--overwrite_output_dir and --resume_from_checkpoint exclude each other: "
+                                     "continue the run or start over, not both")
+        if self.save_total_limit == 0:
+            self.save_total_limit = None  # keep all
         import os
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not sharded_launch():
@@ -262,29 +275,46 @@ def build_trainer(config: OfflineSDPOConfig, *, model=None, tokenizer=None, reco
 
 
 def resolve_resume(config: OfflineSDPOConfig):
-    """``resume_from_checkpoint``: a path, or ``last`` for the newest checkpoint in output_dir."""
+    """``resume_from_checkpoint``: a path, or ``last`` for the newest complete checkpoint in output_dir
+    (one whose ``trainer_state.json``, which ``Trainer`` writes last, is there and readable; incomplete
+    ones are skipped with a warning)."""
+    from sdpo import rundir
+
     value = config.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
-    if value in ("last", "auto", "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        if last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value}: no checkpoint in {config.output_dir}")
-        return last
+    if value in rundir.LAST:
+        return str(rundir.last_checkpoint(config.output_dir, warn=config.process_index == 0))
     if not Path(value).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: {value} is not a directory")
+    if not rundir.is_complete(value):
+        raise FileNotFoundError(f"resume_from_checkpoint: {value} is not a complete checkpoint "
+                                f"(no readable {rundir.STATE_NAME})")
     return value
 
 
 def train_offline(config: OfflineSDPOConfig, **kwargs):
+    """Train as ``config`` says, holding ``output_dir`` for the run (:func:`sdpo.rundir.claim`: locked,
+    a used directory refused unless resuming or ``overwrite_output_dir``)."""
+    from sdpo import rundir
+
+    with rundir.claim(config.output_dir, resume=config.resume_from_checkpoint,
+                      overwrite=config.overwrite_output_dir, main=config.process_index == 0):
+        return _train_offline(config, **kwargs)
+
+
+def _train_offline(config: OfflineSDPOConfig, **kwargs):
+    from sdpo import rundir
+
+    resume = resolve_resume(config)  # before the model loads
     trainer = build_trainer(config, **kwargs)
     if trainer.load_report is not None and trainer.is_world_process_zero():
         print(trainer.load_report.summary())
         for line in trainer.load_report.first_errors:
             print(f"  skipped: {line}")
-    resume = resolve_resume(config)
+    if resume is not None and trainer.is_world_process_zero():  # the resumed steps are logged again
+        step = json.loads((Path(resume) / rundir.STATE_NAME).read_text()).get("global_step", 0)
+        rundir.truncate_metrics(Path(config.output_dir) / "metrics.jsonl", step)
     consolidate_zero3_saves(trainer.accelerator)
     trainer.train(resume_from_checkpoint=resume)
     full_state_dict_for_final_save(trainer.accelerator)
