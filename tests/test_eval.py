@@ -96,8 +96,13 @@ def test_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
             "--baseline", "tiny-random", "--judge", "rule", "--style", "no_emojis", "--eval_n", "4",
             "--max_new_tokens", "4"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "checkpoint-1" in out and "checkpoint-2" in out
+    # one line per stage, and progress bars (stderr) for generating and judging
+    assert "baseline tiny-random: generating 4 of 4 answers" in out and "checkpoint-2: generating 4 of 4" in out
+    assert "generate checkpoint-1" in captured.err and "judge checkpoint-2" in captured.err
+    assert "95% Wilson" in out
     for name in ("winrates.csv", "winrates.json", "winrates.png"):
         assert (run / "eval" / name).is_file()
     assert main(args[:-2] + ["--ckpts", "7"]) == 2
@@ -159,3 +164,117 @@ def test_api_judges_through_a_fake_server(monkeypatch, api):
     assert outcomes == ["tie"] * 4  # "A" in both orders: position bias cancels to ties
     assert server.requests == 8 + 1
     assert "Judge style only" in server.bodies[0]["messages"][0]["content"]
+
+
+# --- win-rate intervals and the win-rate figure (issue 19, item 3) ---
+
+def _wilson_reference(k: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson interval's ends as the roots of (k/n - p)^2 = z^2 p (1 - p) / n, in float64."""
+    p_hat = k / n
+    a = 1 + z * z / n
+    b = -(2 * p_hat + z * z / n)
+    c = p_hat * p_hat
+    disc = max(b * b - 4 * a * c, 0.0)
+    return (-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)
+
+
+def test_wilson_interval_against_references():
+    from scipy.stats import binomtest, norm
+
+    from sdpo.judges.stats import Z95, wilson_interval
+
+    assert Z95 == pytest.approx(norm.ppf(0.975), abs=1e-12)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 400))
+        k = int(rng.integers(0, n + 1))
+        low, high = wilson_interval(k, n)
+        ref_low, ref_high = _wilson_reference(k, n, float(norm.ppf(0.975)))
+        assert (low, high) == pytest.approx((ref_low, ref_high), abs=1e-12)
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+        assert 0.0 <= low <= k / n <= high <= 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_few_decisive_pairs_are_not_plus_minus_zero():
+    s = win_rate_summary(["win"] + ["tie"] * 7)
+    assert s["win_rate"] == 1.0 and s["se_binomial"] == 0.0 and s["decisive"] == 1  # the reference's SE: 0
+    assert s["wilson95_high"] == 1.0 and s["wilson95_low"] == pytest.approx(_wilson_reference(1, 1, 1.959963984540054)[0])
+    assert s["wilson95_low"] < 0.25  # one decisive pair says little
+    s = win_rate_summary(["loss"] * 4)
+    assert (s["win_rate"], s["wilson95_low"], s["decisive"]) == (0.0, 0.0, 4) and s["wilson95_high"] > 0.4
+
+
+def _row(name, step, outcomes):
+    return {"name": name, "step": step, "model": "m", **win_rate_summary(outcomes)}
+
+
+META = {"baseline": "tiny-random", "judge": "rule", "style": "no_emojis", "eval_n": 8}
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_plot_all_ties_says_so_with_a_sensible_axis(tmp_path):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from sdpo.eval.checkpoints import plot_winrates, write_results
+
+    rows = [_row("checkpoint-3", 3, ["tie"] * 8)]
+    fig = plot_winrates(rows, META)
+    ax = fig.axes[0]
+    assert any("no decisive pairs" in t for t in _texts(fig))
+    low, high = ax.get_xlim()
+    assert low < 3 < high and high - low >= 2  # not -0.04..0.04 around nothing
+    assert list(ax.get_xticks()) == [3]
+    assert ax.get_ylim() == (-5, 105)
+    plt.close(fig)
+    write_results(rows, tmp_path, META)
+    [result] = json.loads((tmp_path / "winrates.json").read_text())["results"]
+    assert result["decisive"] == 0 and result["wilson95_low"] is None and result["win_rate"] is None
+    assert "decisive,win_rate,se_binomial,se_bootstrap,wilson95_low,wilson95_high" in (
+        tmp_path / "winrates.csv").read_text().splitlines()[0]
+
+
+def test_plot_oracle_at_100_percent_is_inside_the_frame_and_small_n_shows_its_interval():
+    import matplotlib.pyplot as plt
+
+    from sdpo.eval.checkpoints import plot_winrates
+
+    rows = [_row("checkpoint-3", 3, ["win"] * 2 + ["tie"] * 6), _row("checkpoint-6", 6, ["win"] * 3 + ["loss"]),
+            _row("oracle (persona in system prompt)", None, ["win"] * 4 + ["tie"] * 4)]
+    fig = plot_winrates(rows, META)
+    ax = fig.axes[0]
+    y0, y1 = ax.get_ylim()
+    assert y0 < 0 and y1 > 100  # 0 % and 100 % are inside the frame, not on it
+    oracle = [line for line in ax.get_lines() if "oracle" in line.get_label()]
+    assert len(oracle) == 1 and set(oracle[0].get_ydata()) == {100.0} and oracle[0].get_marker() == "D"
+    texts = _texts(fig)
+    assert "n=2" in texts and "n=4" in texts and any("100% (n=4)" in t for t in texts)
+    assert "8 prompts" in ax.get_title()
+    # the error bar of 2 of 2 wins reaches far below 100 %: the Wilson interval, not a binomial SE of 0
+    bars = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == 2]
+    ends = {round(seg[0][0]): (min(seg[:, 1]), max(seg[:, 1])) for c in bars for seg in c.get_segments()}
+    expected = win_rate_summary(["win"] * 2)
+    assert ends[3] == pytest.approx((100 * expected["wilson95_low"], 100.0))
+    assert ends[3][0] < 50
+    plt.close(fig)
+
+
+def test_a_model_load_error_names_the_option(tmp_path, capsys):
+    prompts = write_prompts([PromptRecord([{"role": "user", "content": "hi"}])], tmp_path / "p.jsonl")
+    (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
+    args = ["eval", "checkpoints", "--run_dir", str(tmp_path / "run"), "--data_path", str(prompts), "--ckpts", "1",
+            "--style", "no_emojis", "--eval_n", "1"]
+    assert main([*args, "--judge", "rule", "--baseline", str(tmp_path / "no-such-model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdpo eval: error: --baseline:") and "no-such-model" in err and "\n" not in err
+    assert main([*args, "--judge", "local", "--judge_model", str(tmp_path / "no-such-judge"),
+                 "--baseline", "tiny-random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdpo eval: error: --judge_model:") and "no-such-judge" in err

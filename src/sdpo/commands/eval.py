@@ -53,7 +53,12 @@ def _judge(args: EvalArguments):
     if args.judge == "rule":
         return pairwise.RuleJudge(args.style)
     if args.judge == "local":
-        return pairwise.LocalJudge(args.style, model=args.judge_model or "Qwen/Qwen3-8B")
+        from sdpo.models import ModelLoadError
+
+        try:
+            return pairwise.LocalJudge(args.style, model=args.judge_model or "Qwen/Qwen3-8B")
+        except ModelLoadError as err:  # --baseline may name the same model: say which option failed
+            raise ModelLoadError(f"--judge_model: {err}") from None
     if args.judge in ("claude", "openai"):
         from sdpo.feedback import simulators as sims
 
@@ -87,8 +92,15 @@ def run(args: EvalArguments) -> int:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    judge = _judge(args) if state.is_main_process else None  # API keys are checked here, before generation
     out = Path(args.output_dir or Path(args.run_dir) / "eval")
+    if state.is_main_process:
+        print(f"eval: {len(checkpoints)} checkpoint(s) {', '.join(n for n, _ in checkpoints)}"
+              + (" and the oracle" if args.oracle else "") + f" vs {args.baseline} on {len(prompts)} prompts; "
+              f"{args.judge} judge" + (f" {args.judge_model}" if args.judge_model else "") + f"; output {out}",
+              flush=True)
+        if args.judge == "local":
+            print(f"loading the judge model {args.judge_model or 'Qwen/Qwen3-8B'} (--judge_model)", flush=True)
+    judge = _judge(args) if state.is_main_process else None  # API keys are checked here, before generation
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     oracle_style=args.style if args.oracle else None, state=state,
@@ -105,12 +117,14 @@ def run(args: EvalArguments) -> int:
         return "-" if x != x else f"{100 * x:.1f}"  # NaN: no decisive pair
 
     print(f"win rate vs {args.baseline}, {args.judge} judge, style {args.style}, {len(prompts)} prompts, both orders")
-    print(f"{'model':34s} {'win%':>6s} {'±binom':>7s} {'±boot':>7s} {'W':>4s} {'L':>4s} {'T':>4s} {'unp':>4s} "
-          f"{'fail':>4s} {'cov':>5s}")
+    print(f"{'model':34s} {'win%':>6s} {'95% Wilson':>11s} {'±binom':>7s} {'±boot':>7s} {'n':>4s} {'W':>4s} "
+          f"{'L':>4s} {'T':>4s} {'unp':>4s} {'fail':>4s} {'cov':>5s}")
     for r in rows:
-        print(f"{r['name'][:34]:34s} {pct(r['win_rate']):>6s} {pct(r['se_binomial']):>7s} "
-              f"{pct(r['se_bootstrap']):>7s} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} {r['unparsed']:4d} "
-              f"{r['failed']:4d} {r['coverage']:5.2f}")
+        ci = "-" if r["decisive"] == 0 else f"{pct(r['wilson95_low'])}-{pct(r['wilson95_high'])}"
+        print(f"{r['name'][:34]:34s} {pct(r['win_rate']):>6s} {ci:>11s} {pct(r['se_binomial']):>7s} "
+              f"{pct(r['se_bootstrap']):>7s} {r['decisive']:4d} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} "
+              f"{r['unparsed']:4d} {r['failed']:4d} {r['coverage']:5.2f}")
+    print("n: decisive pairs (wins + losses); the rate and its interval come from them alone")
     st = judge.stats
     print(f"judge: {st.requests} requests, {st.cached} from the cache, {st.retries} retries, {st.failed} failed, "
           f"{st.unparsed} unparsed")

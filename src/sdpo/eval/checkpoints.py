@@ -48,8 +48,11 @@ class GenerationCache:
 
 def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_tokens: int, max_prompt_tokens: int,
                 system_prompt: str | None = None, persona: str | None = None, loader=None,
-                state=None) -> list[str]:
+                state=None, label: str | None = None) -> list[str]:
     """Greedy answers, from the cache where present; the model is loaded only if something is missing.
+
+    With a ``label`` the main process prints one line saying what is generated (or cached)
+    and shows a progress bar while generating.
 
     With an accelerate ``state`` of several processes, each process generates its share
     of the missing answers; all shares are gathered and the main process writes the cache.
@@ -60,6 +63,12 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
     world = state.num_processes if state is not None else 1
     mine = missing[state.process_index :: world] if world > 1 else missing
     produced: dict[str, str] = {}
+    main = state is None or state.is_main_process
+    if label and main:
+        done = len(prompts) - len(missing)
+        print(f"{label}: {len(prompts)} answers from the cache" if not missing else
+              f"{label}: generating {len(missing)} of {len(prompts)} answers" + (f" ({done} cached)" if done else "")
+              + (f" on {world} processes" if world > 1 else ""), flush=True)
     if mine:
         import torch
 
@@ -82,6 +91,10 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
                 template, system_prompt=(task + "\n" if task else "")
                 + "The user you are interacting with has the following persona:\n" + persona)
         device = next(model.parameters()).device
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc=f"generate {label or model_id}"[:60], unit="answer",
+                   disable=not (label and main))
         for start in range(0, len(mine), 8):
             chunk = mine[start : start + 8]
             ctx = [fit_context(tok, template, prompts[i].messages, max_prompt_tokens)[0] for i in chunk]
@@ -89,6 +102,8 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
                                 device=device if isinstance(device, torch.device) else torch.device(device))
             for i, text in zip(chunk, texts):
                 produced[keys[i]] = text
+            bar.update(len(chunk))
+        bar.close()
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -135,8 +150,19 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
     texts = [p.text for p in prompts]
     if judge is not None and judgments_dir is not None and getattr(judge, "cache", None) is None:
         judge.use_cache(judgments_dir)
-    base = answers_for(baseline, prompts, cache, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-                       system_prompt=system_prompt, loader=loader, state=state)
+    from tqdm.auto import tqdm
+
+    from sdpo.models import ModelLoadError
+
+    def answers(model_id, label, option, persona=None):
+        try:
+            return answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
+                               max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, persona=persona,
+                               loader=loader, state=state, label=label)
+        except ModelLoadError as err:  # say which model failed: --baseline and --judge_model may name the same id
+            raise ModelLoadError(f"{option}: {err}") from None
+
+    base = answers(baseline, f"baseline {baseline}", "--baseline")
     main = state is None or state.is_main_process
     rows = []
     entries = [(name, str(path), None) for name, path in checkpoints]
@@ -145,12 +171,17 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
 
         entries.append(("oracle (persona in system prompt)", baseline, persona_description(oracle_style)))
     for name, model_id, persona in entries:
-        answers = answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
-                              max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, persona=persona,
-                              loader=loader, state=state)
+        option = "--baseline (oracle)" if persona else f"{name} ({model_id})"
+        candidate = answers(model_id, name, option, persona)
         if not main:
             continue
-        outcomes = judge_both_orders(judge, texts, answers, base)
+        outcomes = []
+        chunk = max(1, int(getattr(judge, "chunk_size", 64)))  # the bar moves per chunk of pairs, both orders
+        with tqdm(total=len(texts), desc=f"judge {name}"[:60], unit="pair") as bar:
+            for start in range(0, len(texts), chunk):
+                part = slice(start, start + chunk)
+                outcomes += judge_both_orders(judge, texts[part], candidate[part], base[part])
+                bar.update(len(outcomes) - bar.n)
         step = int(name.split("-")[1]) if name.startswith("checkpoint-") else None
         rows.append({"name": name, "step": step, "model": model_id, **win_rate_summary(outcomes)})
     return rows if main else None
@@ -167,24 +198,74 @@ def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(safe_rows)
+    fig = plot_winrates(rows, meta)
+    fig.savefig(out_dir / "winrates.png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _n_label(r: dict) -> str:
+    return f"n={r['decisive']}" if r.get("decisive") is not None else f"n={r['wins'] + r['losses']}"
+
+
+def plot_winrates(rows: list[dict], meta: dict):
+    """The win-rate figure (a matplotlib ``Figure``): each checkpoint's rate with its 95 % Wilson
+    interval and its number of decisive pairs (n); the oracle as a line with a band. The y-axis
+    runs from -5 % to 105 % so that rates of 0 % and 100 % stay visible; with no decisive pair
+    anywhere the panel says so instead of drawing an empty plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def defined(r):
+        return r["win_rate"] is not None and r["win_rate"] == r["win_rate"]  # not None / NaN
+
     ckpts = [r for r in rows if r["step"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar([r["step"] for r in ckpts], [100 * r["win_rate"] for r in ckpts],
-                yerr=[100 * r["se_bootstrap"] for r in ckpts], marker="o", capsize=4, label="checkpoint vs baseline")
-    for r in rows:
-        if r["step"] is None:
-            ax.axhline(100 * r["win_rate"], color="tab:green", linestyle=":", label=r["name"])
+    others = [r for r in rows if r["step"] is None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    shown = [r for r in ckpts if defined(r)]
+    if shown:
+        xs = [r["step"] for r in shown]
+        ys = [100 * r["win_rate"] for r in shown]
+        lows = [100 * (r["win_rate"] - r["wilson95_low"]) for r in shown]
+        highs = [100 * (r["wilson95_high"] - r["win_rate"]) for r in shown]
+        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=4, color="tab:blue",
+                    label="checkpoint vs baseline (95% Wilson interval)")
+        for x, y, r in zip(xs, ys, shown):
+            ax.annotate(_n_label(r), (x, y), textcoords="offset points", xytext=(6, -12 if y > 90 else 6), fontsize=7,
+                        color="tab:blue")
+    for r in ckpts:
+        if not defined(r):  # every pair tied (or failed): no rate to draw
+            ax.text(r["step"], -2.5, "n=0", ha="center", va="center", fontsize=7, color="grey")
+    for r in others:
+        if not defined(r):
+            continue
+        rate = 100 * r["win_rate"]
+        ax.axhspan(100 * r["wilson95_low"], 100 * r["wilson95_high"], color="tab:green", alpha=0.12, linewidth=0)
+        ax.axhline(rate, color="tab:green", linestyle=":", linewidth=2, marker="D", clip_on=False,
+                   label=f"{r['name']}: {rate:.0f}% ({_n_label(r)})")
+    if not any(defined(r) for r in rows):
+        ax.text(0.5, 0.5, "no decisive pairs\n(every pair tied, unparsed or failed: no win rate to show)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=11, color="dimgrey",
+                bbox={"facecolor": "white", "edgecolor": "lightgrey"})
     ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="50%")
+    steps = sorted({r["step"] for r in ckpts})
+    if steps:
+        pad = max(1.0, 0.08 * (steps[-1] - steps[0]))
+        ax.set_xlim(steps[0] - pad, steps[-1] + pad)
+        if len(steps) <= 15:
+            ax.set_xticks(steps)
+    else:
+        ax.set_xticks([])
+    ax.set_ylim(-5, 105)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel("training step")
-    ax.set_ylabel("win rate, % (ties excluded)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"win rate vs {meta['baseline']} ({meta['judge']} judge, style {meta['style']})", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("win rate, % of decisive pairs\n(ties excluded)")
+    n = meta.get("eval_n")
+    ax.set_title(f"win rate vs {meta['baseline']} ({meta['judge']} judge, style {meta['style']}"
+                 + (f", {n} prompts, both orders)" if n else ")"), fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out_dir / "winrates.png", dpi=110)
-    plt.close(fig)
+    return fig

@@ -1,7 +1,11 @@
-"""Win-rate statistics: wins / (wins + losses), binomial and bootstrap standard errors.
+"""Win-rate statistics: wins / (wins + losses), binomial and bootstrap standard errors
+(the reference's), and a 95 % Wilson score interval.
 
-With no decisive pair the rate and its errors are NaN here (undefined); files written
-from them carry ``null`` (:func:`json_safe`).
+The standard errors are 0 when every decisive pair went one way (1 win of 1, 4 of 4);
+the Wilson interval is not (1 of 1: 20.7 %–100 %), so plots and tables show it, with
+the number of decisive pairs. With no decisive pair the rate, its errors and the
+interval are NaN here (undefined); files written from them carry ``null``
+(:func:`json_safe`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,22 @@ from collections import Counter
 from typing import Sequence
 
 import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % for the default ``z``); NaNs for no trials."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    # exact at the ends (p = 0 or 1 hits the bound analytically; keep rounding from moving it)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def win_rate_summary(outcomes: Sequence[str], *, n_bootstrap: int = 5000, seed: int = 0) -> dict:
@@ -29,10 +49,11 @@ def win_rate_summary(outcomes: Sequence[str], *, n_bootstrap: int = 5000, seed: 
         d = w + (samples == -1).sum(axis=1)
         rates = w[d > 0] / d[d > 0]
         boot = float(rates.std(ddof=1)) if len(rates) > 1 else float("nan")
+    low, high = wilson_interval(wins, decided)
     return {
         "n": len(outcomes), "wins": wins, "losses": losses, "ties": counts["tie"], "unparsed": counts["unparsed"],
-        "failed": counts["failed"],
-        "win_rate": rate, "se_binomial": binom, "se_bootstrap": boot,
+        "failed": counts["failed"], "decisive": decided,
+        "win_rate": rate, "se_binomial": binom, "se_bootstrap": boot, "wilson95_low": low, "wilson95_high": high,
         "coverage": decided / len(outcomes) if outcomes else 0.0,
     }
 
