@@ -301,8 +301,13 @@ _BOOLS = ("true", "false", "yes", "no", "1", "0", "t", "f", "y", "n")
 
 def _command(argv: list[str] | None, extra: list[str]) -> str:
     argv = list(sys.argv if argv is None else argv)
-    prog = Path(argv[0]).name if argv else "sdpo"
-    head = ["sdpo"] if prog == "sdpo" else [sys.executable, argv[0]]
+    prog = Path(argv[0]) if argv else Path("sdpo")
+    if prog.name == "sdpo":
+        head = ["sdpo"]
+    elif prog.name == "cli.py" and prog.parent.name == "sdpo":  # python -m sdpo.cli
+        head = [sys.executable, "-m", "sdpo.cli"]
+    else:
+        head = [sys.executable, argv[0]]
     rest, out, i = argv[1:], [], 0
     while i < len(rest):
         arg = rest[i]
