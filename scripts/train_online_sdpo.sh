@@ -4,7 +4,7 @@
 #   MODEL_NAME_OR_PATH        policy                  (default Qwen/Qwen3-8B)
 #   USER_MODEL                Claude model            (default claude-haiku-4-5-20251001)
 #   STYLE                     persona                 (default no_emojis)
-#   LR (5e-6)  BS (2)  GA (4)  WORLD_SIZE (4; >1 launches accelerate)  MAX_STEPS (one pass)
+#   LR (5e-6)  BS (2)  GA (4)  WORLD_SIZE (visible GPUs, 1 without; >1 launches accelerate)  MAX_STEPS (one pass)
 #   TRAIN_N (512): training prompts, a seeded random subset (the reference's); MAX_PROMPT_TOKENS (512): longer prompts dropped
 #   SYSTEM_PROMPT (general; a preset or text)  MAX_NEW_TOKENS (2048, the reference's completion length)  SEED (42)
 #   OUTPUT_DIR                (default $SCRATCH/sdpo-runs/<run-id>, ./runs/... without SCRATCH)
@@ -22,7 +22,8 @@ fi
 OUTPUT_DIR="${OUTPUT_DIR:-$(default_out_dir sdpo-runs)}"
 STEP_ARGS=(); [[ -n "${MAX_STEPS:-}" ]] && STEP_ARGS=(--max_steps "$MAX_STEPS")
 VAL_ARGS=(); [[ -f "$VAL_JSONL" || "$DRY_RUN" == 1 ]] && VAL_ARGS=(--val_jsonl "$VAL_JSONL")
-launch_cmd "${WORLD_SIZE:-4}"
+resolve_world_size
+launch_cmd "$WORLD_SIZE"
 run_or_print "${LAUNCH[@]}" train-online \
   --train_jsonl "$TRAIN_JSONL" --model_name_or_path "${MODEL_NAME_OR_PATH:-Qwen/Qwen3-8B}" \
   --simulator claude --simulator_model "${USER_MODEL:-claude-haiku-4-5-20251001}" --style "${STYLE:-no_emojis}" \

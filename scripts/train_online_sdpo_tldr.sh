@@ -4,7 +4,7 @@
 #   MODEL_NAME_OR_PATH        policy                  (default Qwen/Qwen3-4B)
 #   USER_MODEL_NAME_OR_PATH   local user simulator    (default Qwen/Qwen3-4B)
 #   STYLE                     persona                 (default concise_casual_beginner)
-#   LR (5e-6)  BS (4)  GA (1)  WORLD_SIZE (4; >1 launches accelerate)  MAX_STEPS (one pass)
+#   LR (5e-6)  BS (4)  GA (1)  WORLD_SIZE (visible GPUs, 1 without; >1 launches accelerate)  MAX_STEPS (one pass)
 #   TRAIN_N (256): training prompts, a seeded random subset (the reference's); MAX_PROMPT_TOKENS (512): longer prompts dropped
 #   SYSTEM_PROMPT (tldr; a preset or text)  MAX_NEW_TOKENS (2048, the reference's completion length)  SEED (42)
 #   OUTPUT_DIR                (default $SCRATCH/sdpo-tldr-runs/<run-id>, ./runs/... without SCRATCH)
@@ -20,7 +20,8 @@ fi
 OUTPUT_DIR="${OUTPUT_DIR:-$(default_out_dir sdpo-tldr-runs)}"
 STEP_ARGS=(); [[ -n "${MAX_STEPS:-}" ]] && STEP_ARGS=(--max_steps "$MAX_STEPS")
 VAL_ARGS=(); [[ -f "$VAL_JSONL" || "$DRY_RUN" == 1 ]] && VAL_ARGS=(--val_jsonl "$VAL_JSONL")
-launch_cmd "${WORLD_SIZE:-4}"
+resolve_world_size
+launch_cmd "$WORLD_SIZE"
 run_or_print "${LAUNCH[@]}" train-online \
   --train_jsonl "$TRAIN_JSONL" --model_name_or_path "${MODEL_NAME_OR_PATH:-Qwen/Qwen3-4B}" \
   --simulator local --simulator_model "${USER_MODEL_NAME_OR_PATH:-Qwen/Qwen3-4B}" --style "${STYLE:-concise_casual_beginner}" \

@@ -182,7 +182,7 @@ def _env(**extra):
 
 def test_scripts_dry_run_and_defaults():
     done = subprocess.run(["bash", "scripts/train_offline_sdpo.sh", "--dry-run"], capture_output=True, text=True,
-                          cwd=ROOT, env=_env(TRAIN_JSONL="x.jsonl"))
+                          cwd=ROOT, env=_env(TRAIN_JSONL="x.jsonl", CUDA_VISIBLE_DEVICES="0,1,2,3"))
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "launch --config_file" in out and "configs/accelerate/multi_gpu.yaml --num_processes 4" in out

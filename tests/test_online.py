@@ -261,7 +261,7 @@ def _script(name, *args, **env):
 
 
 def test_online_scripts_dry_run_defaults_and_masking():
-    done = _script("train_online_sdpo_tldr.sh", "--dry-run")
+    done = _script("train_online_sdpo_tldr.sh", "--dry-run", CUDA_VISIBLE_DEVICES="0,1,2,3")  # WORLD_SIZE: 4 GPUs
     assert done.returncode == 0, done.stderr
     for part in ("--num_processes 4", "--model_name_or_path Qwen/Qwen3-4B", "--simulator_model Qwen/Qwen3-4B",
                  "--style concise_casual_beginner", "--learning_rate 5e-6", "--per_device_train_batch_size 4",
