@@ -387,3 +387,16 @@ def test_reference_data_follow_the_design():
     u = r.gather(1, data["y1"][:, None]).squeeze(1) - r.gather(1, data["y0"][:, None]).squeeze(1)
     p = 0.5 / (1 + torch.exp(-(u - 1.0) / 0.25)) + 0.5 / (1 + torch.exp(-(u + 1.0) / 0.25))
     assert data["z"].double().mean().item() == pytest.approx(p.mean().item(), abs=0.025)
+
+
+def test_cli_reference_design_tiny_grid(tmp_path, capsys):
+    from sdpo.cli import main
+
+    rc = main(["spo", "synthetic", "--design", "reference", "--seeds", "0,1", "--n", "80", "--shifts", "0,1.5",
+               "--epochs", "1", "--pspo_outer", "1", "--pspo_inner", "1", "--pspo_warm", "1", "--ospo_warm", "1",
+               "--m", "50", "--hidden", "8", "--output_dir", str(tmp_path)])
+    assert rc in (0, None)
+    out = capsys.readouterr().out
+    assert "n = 80, tau = 0.25: reward at KL = 0.2" in out
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4 and all("nan" not in r for r in rows[1:])
