@@ -342,3 +342,30 @@ def test_teacher_selection_matches_the_reference_on_random_groups():
         got = choose_teachers(rewards, feedbacks, n, SDPOConfig())
         want = _reference_choices(rewards, feedbacks, n, 1.0)
         assert [(c.demonstration, c.use_feedback, c.active) for c in got] == want
+
+
+REFERENCE_TEMPLATES = dict(  # lasgroup/SDPO actor.yaml 131-150 (YAML "|-" blocks: no trailing newline)
+    reprompt="{prompt}{solution}{feedback}\n\nCorrectly solve the original question.",
+    solution="\nCorrect solution:\n\n{successful_previous_attempt}",
+    feedback="\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}",
+)
+
+
+@pytest.mark.parametrize("demo, feedback", [("x = 5", None), (None, "test 1 failed"), ("x = 5", "test 1 failed")])
+def test_reference_teacher_text_through_the_template_options(demo, feedback):
+    from sdpo.trainers.rich import teacher_prompt
+
+    cfg = SDPOConfig(
+        teacher_prompt_template="{prompt}{demonstration}{feedback}\n\nCorrectly solve the original question.",
+        demonstration_template="\nCorrect solution:\n\n{demonstration}",
+        feedback_template="\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback}",
+    )
+    t = REFERENCE_TEMPLATES
+    want = t["reprompt"].format(
+        prompt="Solve x + 1 = 6.",
+        solution=t["solution"].format(successful_previous_attempt=demo) if demo is not None else "",
+        feedback=t["feedback"].format(feedback_raw=feedback) if feedback is not None else "",
+    )
+    system = {"role": "system", "content": "You are a solver."}
+    got = teacher_prompt([system, {"role": "user", "content": "Solve x + 1 = 6."}], demo, feedback, cfg)
+    assert got == [system, {"role": "user", "content": want}]
