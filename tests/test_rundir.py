@@ -249,13 +249,18 @@ def test_ctrl_c_then_the_printed_command_resumes_to_the_end(prompts_file, tmp_pa
         sum(m["persona_rule_score"] for m in first) / 2)
 
 
+def _newest(out):
+    done = rundir.complete_checkpoints(out, warn=False)
+    return rundir.checkpoint_step(done[-1]) if done else 0
+
+
 def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path):
-    common = ("--max_steps", "6", "--save_steps", "1", "--max_new_tokens", "6")
+    common = ("--max_steps", "8", "--save_steps", "1", "--max_new_tokens", "6")
     straight = tmp_path / "straight"
     assert main(_args(prompts_file, straight, *common)) == 0
     out = tmp_path / "killed"
     rng = random.Random(0)
-    kills = 0
+    kills = during_write = resumed = 0
     for attempt in range(5):
         done = rundir.complete_checkpoints(out, warn=False)
         extra = ("--resume_from_checkpoint", "last") if done else (("--overwrite_output_dir", "true") if out.exists()
@@ -263,8 +268,9 @@ def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path
         proc = subprocess.Popen(_cli(_args(prompts_file, out, *common, *extra)), cwd=ROOT, env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         rows = _rows(out) if done else 0
-        if attempt % 2 == 0:  # in the middle of a checkpoint write
-            hit = _wait_for(lambda: any(out.glob("checkpoint-*.tmp")), proc, poll=0.002)
+        if attempt % 2 == 0:  # in the middle of a checkpoint write, one checkpoint later than the last
+            last = rundir.checkpoint_step(done[-1]) if done else 0
+            hit = _wait_for(lambda: any(out.glob("checkpoint-*.tmp")) and _newest(out) > last, proc, poll=0.002)
             if hit:
                 time.sleep(rng.uniform(0, 0.05))
         else:  # anywhere in a step, after one more metrics row
@@ -275,22 +281,24 @@ def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path
         stdout, stderr = proc.communicate(timeout=60)
         if done and "resumed from" in stdout:  # it resumed from the newest complete checkpoint
             assert f"resumed from {done[-1]} at step {rundir.checkpoint_step(done[-1])}" in stdout
+            resumed += 1
+        during_write += any(out.glob("checkpoint-*.tmp"))  # a half-written checkpoint was left behind
         if proc.returncode == 0:
             break
         assert proc.returncode == -9, stderr[-3000:]
         kills += 1
-    assert kills >= 3
+    assert kills >= 3 and during_write >= 1 and resumed >= 2, (kills, during_write, resumed)
     done = rundir.complete_checkpoints(out, warn=False)
     extra = ("--resume_from_checkpoint", "last") if done else ("--overwrite_output_dir", "true")
     final = subprocess.run(_cli(_args(prompts_file, out, *common, *extra)), cwd=ROOT, env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert _max_diff(_weights(out / "checkpoint-6"), _weights(straight / "checkpoint-6")) <= 1e-6
+    assert _max_diff(_weights(out / "checkpoint-8"), _weights(straight / "checkpoint-8")) <= 1e-6
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in b] == list(range(1, 9))
     assert all(abs(x["loss"] - y["loss"]) <= 1e-6 for x, y in zip(a, b))
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5", "checkpoint-6"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-7", "checkpoint-8"]
 
 
 # ---------------------------------------------------------------------------- offline
