@@ -17,8 +17,8 @@ def main():
     parser = example_parser("addition", __doc__.splitlines()[0], max_steps=50, learning_rate=5e-6,
                             max_completion_length=16)
     parser.set_defaults(model="unsloth/Qwen2.5-0.5B-Instruct", output_dir="runs/example-unsloth")
-    parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--load-in-4bit", action="store_true", default=True)
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--load-in-4bit", action="store_true", default=True, help="load the base model in 4 bits")
     args = parser.parse_args()
 
     import torch

@@ -107,3 +107,89 @@ def test_scripts_document_their_variables():
         used = set(re.findall(r"\$\{([A-Z_]+):-", text)) - ignore
         missing = sorted(v for v in used if v not in header)
         assert not missing, (name, missing)
+
+
+# --- help and "did you mean" (item 6) ---
+
+def _help(capsys, *argv):
+    from sdpo.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_train_offline_help_lists_our_options_first(capsys):
+    lines = _help(capsys, "train-offline")
+    first = "\n".join(lines[:60])
+    for opt in ("--model_name_or_path", "--train_jsonl", "--template", "--learning_rate", "--output_dir"):
+        assert opt in first, opt
+    heading = lines.index("Hugging Face TrainingArguments (all accepted):")
+    ours = lines.index("sdpo train-offline options:")
+    assert ours < heading
+    after = "\n".join(lines[heading:])
+    for opt in ("--adam_beta1", "--eval_strategy", "--push_to_hub"):  # inherited flags still listed, at the end
+        assert opt in after and opt not in "\n".join(lines[:heading]), opt
+    assert "--learning_rate" not in after  # a default we set is listed with ours, once
+    assert lines[0].startswith("usage: sdpo train-offline [options]")
+
+
+@pytest.mark.parametrize("command", ["signal", "signal-analysis", "prepare", "train-online", "train-offline", "eval",
+                                     "personas", "models"])
+def test_every_command_help_starts_with_its_own_options(capsys, command):
+    import dataclasses
+    import importlib
+
+    from sdpo.cli import COMMANDS
+
+    module = importlib.import_module(f"sdpo.commands.{COMMANDS[command].module}")
+    own = [f.name for f in dataclasses.fields(module.ARGUMENTS)
+           if f.name in vars(module.ARGUMENTS).get("__annotations__", {})]
+    lines = _help(capsys, command)
+    options = [line.split()[0].rstrip(",") for line in lines if line.startswith("  --")]
+    assert options[:1] == ["--config"] or options[0] == f"--{own[0]}"
+    first_own = next(i for i, o in enumerate(options) if o.lstrip("-").replace("-", "_") in own)
+    assert first_own <= 1 and len(lines) < 600
+
+
+@pytest.mark.parametrize("command, typed, expected", [
+    ("train-offline", "--lr", "--learning_rate"),
+    ("train-offline", "--model", "--model_name_or_path"),
+    ("train-online", "--model", "--model_name_or_path"),
+    ("train-offline", "--epochs", "--num_train_epochs"),
+    ("train-offline", "--Learning-Rate", "--learning_rate"),
+    ("signal", "--templat", "--template"),
+    ("train-online", "--simulator-modl", "--simulator_model"),
+])
+def test_did_you_mean_is_sensible(capsys, command, typed, expected):
+    from sdpo.cli import main
+
+    assert main([command, typed, "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typed} (did you mean {expected}" in err, err
+    assert "--help?" not in err and "--lora_r" not in err
+
+
+def test_suggestions_never_offer_help():
+    from sdpo.cli import suggest_options
+
+    known = ["-h", "--help", "--model_name_or_path", "--model-name-or-path", "--learning_rate", "--lora_r",
+             "--lr_scheduler_type"]
+    assert suggest_options("--lr", known) == ["--learning_rate"]
+    assert suggest_options("--model", known) == ["--model_name_or_path"]
+    assert suggest_options("--hel", known) == [] and suggest_options("--h", known) == []
+    assert suggest_options("--lr_sched", known) == ["--lr_scheduler_type"]
+    assert suggest_options("--zzzz", known) == []
+
+
+@pytest.mark.parametrize("example", ["basic_sdpo.py", "sdpo_rich_feedback.py", "sdpo_with_unsloth.py"])
+def test_examples_help_shows_defaults(example):
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    for default in ("(default: smollm2-135m)" if example != "sdpo_with_unsloth.py" else
+                    "(default: unsloth/Qwen2.5-0.5B-Instruct)", "--learning-rate LEARNING_RATE learning rate (default:",
+                    "--seed SEED random seed (default: 0)"):
+        assert default in out, default

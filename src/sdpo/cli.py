@@ -8,6 +8,7 @@ model is loaded where possible.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import sys
@@ -72,14 +73,33 @@ def _load_yaml(path: str, fields: set[str]) -> dict:
     return data
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown; each option under its ``--snake_case`` name only (the ``--kebab-case``
+    twin HfArgumentParser adds still works, it just does not double every help line)."""
+
+    def _format_action_invocation(self, action):
+        strings = action.option_strings
+        names = set(strings)
+        kept = [s for s in strings if not (s.startswith("--") and "-" in s[2:] and "--" + s[2:].replace("-", "_") in names)]
+        if kept == strings:
+            return super()._format_action_invocation(action)
+        action.option_strings = kept
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = strings
+
+
 def parse_command_args(name: str, dataclass_type, argv: Sequence[str], description: str | None = None):
     """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values)."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        dataclass_type, prog=f"sdpo {name}", description=description or COMMANDS[name].summary, allow_abbrev=False
+        dataclass_type, prog=f"sdpo {name}", description=description or COMMANDS[name].summary, allow_abbrev=False,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
+    _our_options_first(parser, dataclass_type, name)
     argv = list(argv)
     config_path = None
     for i, arg in enumerate(argv):
@@ -94,16 +114,116 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str], descripti
     parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     remaining = parsed[-1]
     if remaining:
-        import difflib
-
         known = [opt for action in parser._actions for opt in action.option_strings]
         unknown = [a for a in remaining if a.startswith("-")] or remaining
         hints = []
         for arg in unknown:
-            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
-            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+            close = suggest_options(arg, known)
+            hints.append(f"{arg} (did you mean {' or '.join(close)}?)" if close else arg)
         raise UsageError(f"unrecognized option(s): {', '.join(hints)}; see sdpo {name} --help")
     return parsed[0]
+
+
+# What people type for an option we spell out (each is suggested only where the command has it).
+OPTION_ALIASES = {
+    "--lr": "--learning_rate", "--model": "--model_name_or_path", "--model_name": "--model_name_or_path",
+    "--model_path": "--model_name_or_path", "--bs": "--per_device_train_batch_size",
+    "--batch_size": "--per_device_train_batch_size", "--train_batch_size": "--per_device_train_batch_size",
+    "--ga": "--gradient_accumulation_steps", "--grad_accum": "--gradient_accumulation_steps",
+    "--epochs": "--num_train_epochs", "--steps": "--max_steps", "--out": "--output_dir", "--output": "--output_dir",
+    "--out_dir": "--output_dir", "--outdir": "--output_dir", "--output_dir": "--out_dir", "--data": "--train_jsonl",
+    "--train_file": "--train_jsonl", "--train_data": "--train_jsonl", "--lora": "--use_lora", "--persona": "--style",
+    "--user_model": "--simulator_model", "--wandb": "--report_to", "--max_length": "--max_new_tokens",
+    "--max_tokens": "--max_new_tokens", "--checkpoints": "--ckpts", "--n": "--eval_n",
+}
+_NEVER_SUGGESTED = {"-h", "--help"}
+
+
+def suggest_options(arg: str, known: Sequence[str], limit: int = 3) -> list[str]:
+    """Likely meant options for an unknown ``arg`` (best first, at most ``limit``; never --help).
+
+    In order: the same name with ``_`` for ``-``; a common alias (``--lr`` -> ``--learning_rate``);
+    options that start with it (``--model`` -> ``--model_name_or_path``) or with it as initials
+    of their words; then close spellings.
+    """
+    import difflib
+
+    typed = arg.split("=", 1)[0]
+    if not typed.startswith("--"):
+        typed = "--" + typed.lstrip("-")
+    typed = "--" + typed[2:].replace("-", "_").lower()
+    names = set(known)
+    candidates = [k for k in dict.fromkeys(known) if k.startswith("--") and k not in _NEVER_SUGGESTED
+                  and not ("-" in k[2:] and "--" + k[2:].replace("-", "_") in names)]  # not the --a-b twin of --a_b
+    out: list[str] = []
+
+    def add(options):
+        for opt in options:
+            if opt not in out and opt != arg:
+                out.append(opt)
+
+    add([k for k in candidates if k == typed])
+    alias = OPTION_ALIASES.get(typed)
+    add([k for k in candidates if k == alias])
+    if out:  # the same name spelt differently, or what the alias stands for: that is the answer
+        return out[:1]
+    if len(typed) > 3:  # `--m` would match too much
+        add(sorted((k for k in candidates if k.startswith(typed)), key=len))
+    letters = typed[2:]
+    if 1 < len(letters) <= 6 and "_" not in letters:
+        add(sorted((k for k in candidates if "".join(w[:1] for w in k[2:].split("_")) == letters), key=len))
+    if not out:
+        add(difflib.get_close_matches(typed, candidates, n=limit, cutoff=0.6))
+    return out[:limit]
+
+
+# inherited TrainingArguments flags that a first run needs, listed with the command's own options
+_PROMOTED = ("output_dir", "max_steps", "seed", "resume_from_checkpoint")
+# what a first run sets, at the top of a long help
+_FIRST = ("model_name_or_path", "train_jsonl", "output_dir", "max_steps", "learning_rate", "num_train_epochs",
+          "per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def _field_origins(dataclass_type) -> tuple[set[str], set[str]]:
+    """(fields only our classes declare, fields inherited from transformers/TRL that ours do not redeclare)."""
+    ours, theirs = set(), set()
+    for cls in dataclass_type.__mro__:
+        names = set(vars(cls).get("__annotations__", {}))
+        if cls.__module__.split(".")[0] in ("transformers", "trl"):
+            theirs |= names
+        else:
+            ours |= names
+    return ours - theirs, theirs - ours
+
+
+def _our_options_first(parser, dataclass_type, name: str) -> None:
+    """Help lists the command's own options first, then the inherited Hugging Face ones
+    (``TrainingArguments``: hundreds of flags) under their own heading, and a short usage line."""
+    if not dataclasses.is_dataclass(dataclass_type):
+        return
+    new, foreign = _field_origins(dataclass_type)
+    if not foreign:
+        return
+    foreign -= set(_PROMOTED)
+    ours = parser.add_argument_group(f"sdpo {name} options")
+    hf = parser.add_argument_group(
+        "Hugging Face TrainingArguments (all accepted)",
+        "every transformers.TrainingArguments flag works here too; the defaults shown are ours where we changed "
+        "them (see the options above)")
+    general = parser._optionals
+    for action in list(general._group_actions):
+        if action.dest in ("help", "config"):
+            continue
+        target = hf if action.dest in foreign or action.dest.removeprefix("no_") in foreign else ours
+        general._group_actions.remove(action)
+        target._group_actions.append(action)
+    # our own fields first (in declaration order), then the TrainingArguments fields whose defaults we set
+    # (after the few a first run sets)
+    ours._group_actions.sort(key=lambda a: (_FIRST.index(a.dest) if a.dest in _FIRST else len(_FIRST),
+                                            a.dest not in new and a.dest.removeprefix("no_") not in new))
+    # the groups print in this order: general (--help), ours, then the Hugging Face block
+    parser._action_groups = [g for g in parser._action_groups if g not in (ours, hf)] + [ours, hf]
+    parser.usage = f"sdpo {name} [options]   (its own options first; TrainingArguments flags listed last)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,22 +119,23 @@ def _tasks():
 
 
 def example_parser(task: str, description: str, **defaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model id/path, 'smollm2-135m' (embedded) or 'tiny-random'")
     p.add_argument("--max-steps", type=int, default=defaults.get("max_steps", 20), help="optimizer steps")
     p.add_argument("--num-generations", type=int, default=4, help="rollouts per prompt")
     p.add_argument("--prompts-per-step", type=int, default=2, help="prompts per optimizer step")
-    p.add_argument("--learning-rate", type=float, default=defaults.get("learning_rate", 1e-5))
-    p.add_argument("--max-completion-length", type=int, default=defaults.get("max_completion_length", 16))
-    p.add_argument("--train-size", type=int, default=defaults.get("train_size", 64))
-    p.add_argument("--eval-size", type=int, default=defaults.get("eval_size", 50))
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--distillation-topk", type=int, default=100)
+    p.add_argument("--learning-rate", type=float, default=defaults.get("learning_rate", 1e-5), help="learning rate")
+    p.add_argument("--max-completion-length", type=int, default=defaults.get("max_completion_length", 16),
+                   help="new tokens per rollout")
+    p.add_argument("--train-size", type=int, default=defaults.get("train_size", 64), help="training problems")
+    p.add_argument("--eval-size", type=int, default=defaults.get("eval_size", 50), help="held-out problems")
+    p.add_argument("--alpha", type=float, default=0.5, help="generalized JSD weight (0: forward KL, 1: reverse KL)")
+    p.add_argument("--distillation-topk", type=int, default=100, help="top-k tokens of the distillation (with a tail)")
     p.add_argument("--teacher-mode", default="ema", choices=["ema", "live", "frozen", "copy", "fixed"],
                    help="ema (default), live / copy (the current student), frozen / fixed (the initial model)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", default=f"runs/example-{task}")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--output-dir", default=f"runs/example-{task}", help="where the run is written")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after held-out evaluation")
     return p
 
