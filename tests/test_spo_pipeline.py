@@ -53,22 +53,30 @@ def test_generate_train_evaluate_analyze(models, tmp_path):
     assert len(rows) == 8
     assert all(r["z"] in (0, 1) and r["link_shift"] == 1.0 and r["seed"] == 3 for r in rows)
     diffs = torch.tensor([r["diff"] for r in rows])
-    assert diffs.std().item() == pytest.approx(1.0, abs=1e-6)  # normalised to unit std
+    assert diffs.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)  # unit population std (np.std)
     for method in ("dpo", "pspo", "ospo", "rspo"):
         out = tmp_path / method
         script("train_policy.py", "--pref_path", prefs, "--method", method, "--base_model_id", models / "policy",
-               "--output_dir", out, "--max_steps", 3, "--batch_size", 4, "--learning_rate", 1e-3,
-               "--min_fit_points", 4, "--refit_every", 1, "--lora_r", 4)
+               "--output_dir", out, "--max_steps", 3, "--batch_size", 4, "--grad_accum_steps", 1,
+               "--learning_rate", 1e-3, "--refit_every", 2, "--lora_r", 4)
         meta = json.loads((out / f"{method}_final" / "spo_meta.json").read_text())
         assert meta["method"] == method and meta["n"] == 8 and meta["link_shift"] == 1.0
+        assert meta["sign"] in (1.0, -1.0) and (method == "ospo" or meta["sign"] == 1.0)
+        if method == "pspo":  # fitted on all pairs at step 0, refitted at step 2
+            assert meta["pspo_refit_steps"] == [0, 2]
         logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(logs) == 3
     evals = tmp_path / "eval"
-    for method in ("dpo", "pspo"):
+    # the OSPO orientation stored with the model is applied at evaluation (sign / beta)
+    meta_path = tmp_path / "ospo" / "ospo_final" / "spo_meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "sign": -1.0}))
+    for method in ("dpo", "pspo", "ospo"):
         script("evaluate_policy.py", "--model_id", tmp_path / method / f"{method}_final",
                "--ref_model_id", models / "policy", "--reward_model_id", models / "reward",
                "--output", evals / f"{method}.csv", "--prompts_path", prefs, "--betas", "0.5,1,2",
                "--eval_samples", 4, "--eval_max_new_tokens", 5)
+    with open(evals / "ospo.csv") as f:
+        assert {r["sign"] for r in csv.DictReader(f)} == {"-1.0"}
     with open(evals / "dpo.csv") as f:
         table = list(csv.DictReader(f))
     assert [float(r["beta"]) for r in table] == [0.5, 1.0, 2.0]

@@ -191,7 +191,8 @@ def generate_preferences(args: GenerateArguments) -> Path:
         r0, r1 = reward(batch, y0), reward(batch, y1)
         rows += [{"prompt": p, "y0": a, "y1": b, "r0": s0, "r1": s1} for p, a, b, s0, s1 in zip(batch, y0, y1, r0, r1)]
     diffs = torch.tensor([r["r1"] - r["r0"] for r in rows], dtype=torch.float64)
-    std = float(diffs.std()) if len(rows) > 1 and float(diffs.std()) > 0 else 1.0
+    std = float(diffs.std(unbiased=False))  # population std, as the reference (np.std)
+    std = std if std > 1e-8 else 1.0
     g = torch.Generator().manual_seed(args.seed)
     probs = mixture_link(diffs / std, shift=args.link_shift, temperature=args.link_temperature)
     z = (torch.rand(len(rows), generator=g, dtype=torch.float64) < probs).long().tolist()
