@@ -45,8 +45,7 @@ from sdpo.distributed import (
     sharded_launch,
     zero3_init_disabled,
 )
-from sdpo.losses import CENTERING, advantage_pg_loss
-from sdpo.signal import EncodedExample, hindsight_logprobs
+from sdpo.losses import CENTERING
 from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES, fit_context, get_template, render_context
 
 
@@ -373,42 +372,26 @@ class OnlineSDPOTrainer:
         ], timings
 
     def _micro_step(self, rollout: dict) -> dict:
+        from sdpo.trainers.update import UpdateExample, sdpo_update
+
         cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
         batch, contexts, responses = rollout["batch"], rollout["contexts"], rollout["responses"]
         texts, followups = rollout["texts"], rollout["followups"]
-        timings = {}
-        t2 = time.perf_counter()
-        encoded = []
-        for p, ctx, resp, o in zip(batch, contexts, responses, followups):
-            teacher, over = fit_context(tok, self.template, p.messages, cfg.max_context_tokens, followup=o)
-            self._note_truncations(int(over > 0))
-            encoded.append(EncodedExample(ctx, teacher, resp or [tok.eos_token_id]))
-        with acc.accumulate(self.model):
-            student, teacher = hindsight_logprobs(self.model, encoded, pad_token_id=tok.pad_token_id,
-                                                  student_grad=True)
-            timings["time/score"] = time.perf_counter() - t2
-            t3 = time.perf_counter()
-            ended = [bool(r) and r[-1] == tok.eos_token_id for r in responses]
-            eos_signal = (torch.stack([q[-1] - s[-1].detach() for s, q, e in zip(student, teacher, ended) if e])
-                          .tolist() if any(ended) else [])  # one device sync, not one per sequence
-            if cfg.mask_eos_advantage:
-                student = [s[:-1] if e else s for s, e in zip(student, ended)]
-                teacher = [q[:-1] if e else q for q, e in zip(teacher, ended)]
-            loss, stats = advantage_pg_loss(
-                student, teacher, ignore_first=cfg.ignore_first_tokens, centering=cfg.advantage_centering,
-                clip=cfg.advantage_clip, old=[s.detach() for s in student], ppo_clip=cfg.ppo_clip,
-            )
-            acc.backward(loss)
-            if acc.sync_gradients and cfg.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        timings["time/update"] = time.perf_counter() - t3
+        # the step itself (teacher contexts, scoring, loss, backward, clip, optimizer step) is
+        # shared with `sdpo chat`: sdpo.trainers.update.sdpo_update
+        result = sdpo_update(
+            self.model, self.optimizer, tok, self.template,
+            [UpdateExample(p.messages, resp, o, context=ctx)
+             for p, ctx, resp, o in zip(batch, contexts, responses, followups)],
+            cfg, accelerator=acc,
+        )
+        self._note_truncations(result.truncated)
+        loss, stats, eos_signal, timings = result.loss, result.stats, result.eos_signal, result.timings
 
         from sdpo.feedback.simulators import rule_score
 
         metrics = {
-            "loss": loss.item(),
+            "loss": loss,
             **stats,
             "response_tokens_mean": sum(len(r) for r in responses) / len(responses),
             # the teacher's view of stopping: mean signal at the EOS of responses that ended (0 if none did)
