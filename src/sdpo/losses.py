@@ -287,3 +287,131 @@ def rspo_loss(t: torch.Tensor, z: torch.Tensor, pairs: str = "all") -> torch.Ten
         raise ValueError("the RSPO loss with pairs='upper' needs at least 2 pairs in a batch")
     i, j = torch.triu_indices(n, n, offset=1, device=s.device)
     return -torch.nn.functional.logsigmoid(s[i] + s[j]).mean()
+
+
+# ---------------------------------------------------------------------------
+# Hybrids of GRPO and self-distillation (our options of SDPOTrainer; off by default)
+#
+# Per rollout i and completion position t: g_it is the clipped policy-gradient (GRPO)
+# term with the group-normalised advantage A_i, d_it the self-distillation term,
+# m_it the completion mask and a_i = 1 when the rollout has a teacher (a peer
+# demonstration and/or feedback), else 0. All three losses are token means:
+#
+#   lambda-mix   sum_it m_it [lam g_it + (1 - lam) a_i q_i d_it]  /  sum_it m_it
+#   routing      sum_it m_it [c_i g_it + (1 - c_i) a_i q_i w_it d_it]
+#                                        / sum_it m_it [c_i + (1 - c_i) a_i]
+#                (SRPO, arXiv 2604.02288: c_i = 1 for a successful rollout; its
+#                 entropy weight w_it = exp(-beta H_t), H_t the teacher's entropy)
+#   pass-rate    sum_it m_it a_i q_i d_it  /  sum_it m_it a_i
+#                (SC-SDPO, arXiv 2605.27765: q_i from the group's pass rate p,
+#                 sqrt(p (1 - p)), divided by the mean over the batch's rollouts
+#                 that have a teacher so the loss keeps its scale)
+#
+# q_i = 1 and w_it = 1 where pass-rate weighting / entropy weighting are off.
+# ---------------------------------------------------------------------------
+
+
+def clipped_policy_gradient(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> torch.Tensor:
+    """GRPO's per-token term ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, ``r = exp(logp - old)``.
+
+    ``advantages`` is one value per rollout (shape ``(B,)``) or per token (``(B, T)``);
+    on-policy (``old = stopgrad(logp)``) the gradient is ``-A grad logp``.
+    """
+    adv = advantages.to(logp.dtype)
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp.detach())
+    return -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
+
+
+def teacher_entropy(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the teacher's full next-token distribution per position, no gradient."""
+    logp = torch.log_softmax(teacher_logits.detach().float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def entropy_weights(entropy: torch.Tensor, beta: float) -> torch.Tensor:
+    """SRPO's per-token weight of a distillation target: ``exp(-beta H)`` (beta 0: all ones)."""
+    return torch.exp(-beta * entropy.detach())
+
+
+def group_pass_rates(rewards: Sequence[float], num_generations: int, threshold: float) -> list[float]:
+    """Per rollout: the share of its group (consecutive blocks of ``num_generations``) with reward >= threshold.
+
+    A NaN reward counts as a failure.
+    """
+    n = len(rewards)
+    if num_generations < 1 or n % num_generations:
+        raise ValueError(f"{n} rollouts do not split into groups of {num_generations}")
+    ok = [not math.isnan(float(r)) and float(r) >= threshold for r in rewards]
+    out = []
+    for start in range(0, n, num_generations):
+        p = sum(ok[start : start + num_generations]) / num_generations
+        out.extend([p] * num_generations)
+    return out
+
+
+PASS_RATE_NORMALIZATIONS = ("batch_mean", "none")
+
+
+def pass_rate_weights(pass_rates: torch.Tensor, active: torch.Tensor, normalization: str = "batch_mean") -> torch.Tensor:
+    """SC-SDPO's per-rollout weight ``sqrt(p (1 - p))`` of the self-distillation loss.
+
+    ``batch_mean`` divides by the mean weight over the rollouts with a teacher (``active``),
+    so the weights average 1 there (all zero stays zero); ``none`` keeps the raw values.
+    """
+    if normalization not in PASS_RATE_NORMALIZATIONS:
+        raise ValueError(f"pass_rate_normalization must be one of {PASS_RATE_NORMALIZATIONS}, got {normalization!r}")
+    p = pass_rates.detach().float().clamp(0.0, 1.0)
+    w = torch.sqrt(p * (1 - p))
+    if normalization == "batch_mean":
+        act = active.to(w.dtype)
+        mean = (w * act).sum() / act.sum().clamp(min=1.0)
+        w = w / mean if mean > 0 else torch.zeros_like(w)
+    return w
+
+
+def _rows(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if x is None:
+        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+    return x.to(like.dtype)
+
+
+def lambda_mix_loss(
+    pg: torch.Tensor, sd: torch.Tensor, mask: torch.Tensor, active: torch.Tensor, lam: float,
+    row_weights: torch.Tensor | None = None, token_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``lam * GRPO + (1 - lam) * SDPO`` per token on every rollout, token mean over the completions."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    m = mask.to(pg.dtype)
+    a = active.to(pg.dtype) * _rows(row_weights, pg)
+    tw = token_weights.to(pg.dtype) if token_weights is not None else 1.0
+    per_token = lam * pg + (1 - lam) * a.unsqueeze(1) * tw * sd
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
+def routed_loss(
+    pg: torch.Tensor, sd: torch.Tensor, mask: torch.Tensor, active: torch.Tensor, success: torch.Tensor,
+    row_weights: torch.Tensor | None = None, token_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SRPO: successful rollouts get the GRPO term, failed ones with a teacher the (weighted) distillation term."""
+    m = mask.to(pg.dtype)
+    c = success.to(pg.dtype).unsqueeze(1)
+    a = active.to(pg.dtype).unsqueeze(1)
+    q = _rows(row_weights, pg).unsqueeze(1)
+    tw = token_weights.to(pg.dtype) if token_weights is not None else 1.0
+    per_token = c * pg + (1 - c) * a * q * tw * sd
+    count = (m * (c + (1 - c) * a)).sum()
+    return (per_token * m).sum() / count.clamp(min=1.0)
+
+
+def pass_rate_weighted_loss(
+    sd: torch.Tensor, mask: torch.Tensor, active: torch.Tensor, row_weights: torch.Tensor
+) -> torch.Tensor:
+    """SC-SDPO: each rollout's distillation terms times its question's weight, token mean over active tokens."""
+    m = mask.to(sd.dtype) * active.to(sd.dtype).unsqueeze(1)
+    return (sd * row_weights.to(sd.dtype).unsqueeze(1) * m).sum() / m.sum().clamp(min=1.0)

@@ -132,6 +132,23 @@ class SDPOConfig:
     """How feedback is inserted ({feedback}); empty when it is not used."""
     max_teacher_prompt_length: int = 10240
     """Teacher prompts are truncated from the left to this many tokens."""
+    # --- hybrids of GRPO and self-distillation: our options, all off by default (plain SDPO) ---
+    grpo_mix: float = 0.0
+    """lambda-mix: the per-token objective lambda * GRPO + (1 - lambda) * SDPO on every rollout (token mean over
+    the completions; the GRPO term is the clipped policy gradient with the group-normalised advantage).
+    0 = off (plain SDPO); must be < 1 (use enabled=False for plain GRPO)."""
+    sample_routing: bool = False
+    """SRPO (arXiv 2604.02288): successful rollouts (reward >= success_reward_threshold) get the GRPO term,
+    failed rollouts with a teacher the self-distillation term, entropy-weighted (entropy_weight_beta)."""
+    entropy_weight_beta: float | None = None
+    """Weight each distillation token by exp(-beta * H), H the teacher's next-token entropy (nats), damping
+    unreliable targets. None: 1.0 with sample_routing (SRPO's default), off otherwise; 0: off."""
+    pass_rate_weighting: bool = False
+    """SC-SDPO (arXiv 2605.27765): each rollout's distillation loss times sqrt(p (1 - p)), p its group's pass rate
+    (share of rollouts with reward >= success_reward_threshold)."""
+    pass_rate_normalization: str = "batch_mean"
+    """batch_mean: the pass-rate weights are divided by their mean over the batch's rollouts with a teacher (the
+    loss keeps its scale); none: raw sqrt(p (1 - p))."""
 
     def __post_init__(self):
         def bad(message):
@@ -176,10 +193,42 @@ class SDPOConfig:
             bad(f"thinking_tag must look like '<think>', got {self.thinking_tag!r}")
         if self.max_teacher_prompt_length < 1:
             bad("max_teacher_prompt_length must be >= 1")
+        if not 0.0 <= self.grpo_mix < 1.0:
+            bad(f"grpo_mix must be in [0, 1) (0 = plain SDPO; for plain GRPO use enabled=False), got {self.grpo_mix}")
+        if self.grpo_mix > 0 and self.sample_routing:
+            bad("grpo_mix and sample_routing are two different hybrids; choose one")
+        if self.entropy_weight_beta is not None and self.entropy_weight_beta < 0:
+            bad(f"entropy_weight_beta must be >= 0 or None, got {self.entropy_weight_beta}")
+        if self.pass_rate_normalization not in losses.PASS_RATE_NORMALIZATIONS:
+            bad(f"pass_rate_normalization must be one of {list(losses.PASS_RATE_NORMALIZATIONS)}, "
+                f"got {self.pass_rate_normalization!r}")
+        if not self.enabled and self.hybrid != "none":
+            bad("enabled=False is plain GRPO; grpo_mix, sample_routing, pass_rate_weighting and "
+                "entropy_weight_beta need enabled=True")
         try:
             check_reprompt_templates(self.teacher_prompt_template, self.demonstration_template, self.feedback_template)
         except ValueError as exc:
             bad(str(exc))
+
+    @property
+    def hybrid(self) -> str:
+        """Which objective: none (plain SDPO), lambda_mix, routing, or pass_rate / entropy (weighted SDPO)."""
+        if self.grpo_mix > 0:
+            return "lambda_mix"
+        if self.sample_routing:
+            return "routing"
+        if self.pass_rate_weighting:
+            return "pass_rate"
+        if self.entropy_beta > 0:
+            return "entropy"
+        return "none"
+
+    @property
+    def entropy_beta(self) -> float:
+        """The entropy weight's beta in effect (0 = no entropy weighting)."""
+        if self.entropy_weight_beta is None:
+            return 1.0 if self.sample_routing else 0.0
+        return float(self.entropy_weight_beta)
 
     @property
     def mode(self) -> str:
@@ -271,6 +320,56 @@ def teacher_prompt(original: Any, demonstration: str | None, feedback: str | Non
             content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
         return [*original[:-1], {"role": "user", "content": render_reprompt(content, **kwargs)}]
     return render_reprompt(original, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Teacher-context leakage: does the student echo what only the teacher was shown?
+# ---------------------------------------------------------------------------
+
+ECHO_NGRAM = 4
+"""Word n-gram length of the echo (leakage) measure."""
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def word_ngrams(text: str, n: int = ECHO_NGRAM) -> set[tuple[str, ...]]:
+    """Lower-cased word n-grams of ``text`` (letters, digits, apostrophes)."""
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def template_phrases(config: SDPOConfig) -> list[str]:
+    """The fixed text of the teacher templates, cut at every placeholder (phrases only the teacher sees)."""
+    out = []
+    for template in (config.teacher_prompt_template, config.demonstration_template, config.feedback_template):
+        out.extend(part for part in re.split(r"\{\w+\}", template) if part.strip())
+    return out
+
+
+def teacher_only_ngrams(teacher_texts: Sequence[str], student_text: str, n: int = ECHO_NGRAM) -> set[tuple[str, ...]]:
+    """n-grams of the teacher-only texts (template phrases, feedback) that the student's prompt lacks."""
+    grams: set[tuple[str, ...]] = set()
+    for text in teacher_texts:
+        if _has_text(text):
+            grams |= word_ngrams(text, n)
+    return grams - word_ngrams(student_text, n)
+
+
+def echoes_teacher_context(completion: str, teacher_ngrams: set, n: int = ECHO_NGRAM) -> bool:
+    """Whether ``completion`` contains at least one teacher-only n-gram."""
+    return bool(word_ngrams(completion, n) & teacher_ngrams)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        parts = []
+        for message in prompt:
+            content = message.get("content", "")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            parts.append(str(content))
+        return "\n".join(parts)
+    return str(prompt)
 
 
 # ---------------------------------------------------------------------------
@@ -463,6 +562,25 @@ class FeedbackTeacherContextBuilder(_TRLContextBuilder):
             "self_distillation/feedback_used_fraction": sum(c.use_feedback for c in choices) / total,
             "self_distillation/reprompt_sample_fraction": sum(c.active for c in choices) / total,
         }
+        pass_rates = losses.group_pass_rates(all_rewards, num_generations, cfg.success_reward_threshold)
+        trainer._last_pass_rates = pass_rates[start : start + n_local]
+        trainer._last_success = [
+            1.0 if not math.isnan(r) and r >= cfg.success_reward_threshold else 0.0
+            for r in all_rewards[start : start + n_local]
+        ]
+        # leakage: completions that echo a phrase only the teacher context has (template text, feedback)
+        phrases = template_phrases(cfg)
+        texts = trainer.processing_class.batch_decode(
+            [ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)], skip_special_tokens=True
+        )
+        echo = [
+            echoes_teacher_context(text, teacher_only_ngrams([*phrases, all_fb[g]], _prompt_text(all_prompts[g])))
+            for text, g in zip(texts, range(start, start + n_local))
+        ]
+        echo_rate = sum(echo) / max(1, len(echo))
+        if acc.num_processes > 1:
+            echo_rate = acc.gather(torch.tensor([echo_rate], device=acc.device)).mean().item()
+        self.last_metrics["self_distillation/teacher_context_echo_rate"] = echo_rate
         trainer._last_teacher_messages = messages
         return {
             "teacher_input_ids": torch.cat([batch["prompt_ids"], completion_ids], dim=1),
@@ -509,6 +627,8 @@ class SDPOTrainer(TRLSDPOTrainer):
                 wrapped.append(w)
         self._rollout_feedback: list[str | None] | None = None
         self._last_teacher_messages: list[Any] = []
+        self._last_pass_rates: list[float] | None = None
+        self._last_success: list[float] | None = None
         super().__init__(
             model=model, reward_funcs=wrapped, args=trl_args, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class,
@@ -573,4 +693,74 @@ class SDPOTrainer(TRLSDPOTrainer):
         loss = losses.aggregate_distillation_loss(per_token, mask, cfg.loss_aggregation)
         token_mean = (per_token.detach() * mask).sum() / mask.sum().clamp(min=1.0)
         self._log_self_distillation_metric(mode, self.accelerator.gather(token_mean).mean().item())
+        return loss
+
+    # ------------------------------------------------------------------ hybrids (our options)
+
+    def _prepare_training_batch(self, inputs):
+        batch = super()._prepare_training_batch(inputs)
+        device = batch["completion_ids"].device
+        n = batch["completion_ids"].shape[0]
+        rates = self._last_pass_rates if self._last_pass_rates is not None else [0.0] * n
+        success = self._last_success if self._last_success is not None else [0.0] * n
+        batch["group_pass_rate"] = torch.tensor(rates, dtype=torch.float32, device=device)
+        batch["rollout_success"] = torch.tensor(success, dtype=torch.float32, device=device)
+        return batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.sdpo_config
+        if not cfg.enabled or cfg.hybrid == "none" or self.use_teacher_server:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if return_outputs:
+            raise ValueError("The SDPOTrainer does not support returning outputs")
+        logits = self._compute_teacher_student_logits(model, self.teacher_model, inputs)
+        loss = self._compute_hybrid_loss(model, inputs, logits)
+        scale = self.current_gradient_accumulation_steps if self.model.training else 1.0
+        return loss / scale
+
+    def _compute_hybrid_loss(self, model, inputs, dl) -> torch.Tensor:
+        """The hybrid objectives of :mod:`sdpo.losses` (lambda-mix, routing, pass-rate / entropy weighting)."""
+        cfg = self.sdpo_config
+        mode = "train" if model.training else "eval"
+        mask = dl.completion_mask.float()
+        active = inputs.get("self_distillation_mask")
+        active = torch.ones(mask.shape[0], device=mask.device) if active is None else active.float()
+        student_lp = losses.token_logprobs(dl.student_logits, dl.completion_ids)
+        sd = cfg.per_token_loss(dl.student_logits, dl.teacher_logits, dl.completion_ids)
+        old = inputs.get("old_per_token_logps")
+        if old is not None and cfg.is_clip is not None and cfg.is_coef != 0:
+            sd = sd * losses.importance_weights(student_lp, old, clip=cfg.is_clip, coef=cfg.is_coef)
+        token_w = None
+        if cfg.entropy_beta > 0:
+            token_w = losses.entropy_weights(losses.teacher_entropy(dl.teacher_logits), cfg.entropy_beta)
+            denom = (mask * active.unsqueeze(1)).sum().clamp(min=1.0)
+            self._metrics[mode]["hybrid/entropy_weight_mean"].append(
+                ((token_w * mask * active.unsqueeze(1)).sum() / denom).item())
+        row_w = None
+        if cfg.pass_rate_weighting:
+            row_w = losses.pass_rate_weights(inputs["group_pass_rate"], active, cfg.pass_rate_normalization)
+            self._metrics[mode]["hybrid/pass_rate_weight_nonzero_fraction"].append(
+                ((row_w > 0).float() * active).sum().item() / max(1.0, active.sum().item()))
+        needs_pg = cfg.hybrid in ("lambda_mix", "routing")
+        if needs_pg:
+            pg = losses.clipped_policy_gradient(
+                student_lp, old if old is not None else student_lp.detach(), inputs["advantages"],
+                eps_low=self.epsilon_low, eps_high=self.epsilon_high,
+            )
+        if cfg.hybrid == "lambda_mix":
+            loss = losses.lambda_mix_loss(pg, sd, mask, active, cfg.grpo_mix, row_weights=row_w, token_weights=token_w)
+        elif cfg.hybrid == "routing":
+            success = inputs["rollout_success"]
+            loss = losses.routed_loss(pg, sd, mask, active, success, row_weights=row_w, token_weights=token_w)
+            n = max(1, success.numel())
+            self._metrics[mode]["hybrid/routed_grpo_fraction"].append(success.sum().item() / n)
+            self._metrics[mode]["hybrid/routed_sdpo_fraction"].append(((1 - success) * active).sum().item() / n)
+        else:  # weighted plain SDPO: pass-rate and/or entropy weights
+            weights = torch.ones_like(mask) if token_w is None else token_w
+            rows = torch.ones_like(active) if row_w is None else row_w
+            loss = losses.pass_rate_weighted_loss(sd * weights, mask, active, rows)
+        token_mean = (sd.detach() * mask * active.unsqueeze(1)).sum() / (mask * active.unsqueeze(1)).sum().clamp(min=1.0)
+        self._log_self_distillation_metric(mode, self.accelerator.gather(token_mean).mean().item())
+        self._metrics[mode]["hybrid/loss"].append(self.accelerator.gather(loss.detach()).mean().item())
         return loss
