@@ -82,7 +82,7 @@ def test_two_step_run_writes_checkpoints_and_metrics(records_file, tmp_path, cap
     tracked = sqlite3.connect(db).execute("select count(*) from metrics where run_name = ?", (out.name,)).fetchone()
     assert tracked[0] >= 2
     config = json.loads((out / "sdpo_config.json").read_text())
-    assert config["ignore_first_tokens"] == 2 and config["template"] == "hindsight-system"
+    assert config["ignore_first_tokens"] == 2 and config["template"] == "hindsight-revise"
 
 
 KILLED_RUN = textwrap.dedent(

@@ -283,7 +283,7 @@ def test_online_scripts_dry_run_defaults_and_masking():
 def test_prepare_scripts_and_a_short_scripted_run(tmp_path):
     done = _script("prepare_data_tldr.sh", INPUT_FILE="sample", OUTPUT_DIR=str(tmp_path / "tldr"))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len((tmp_path / "tldr" / "train.jsonl").read_text().splitlines()) == 36
+    assert len((tmp_path / "tldr" / "train.jsonl").read_text().splitlines()) == 37
     done = _script("prepare_data_helpsteer.sh", INPUT_FILE="sample", OUTPUT_DIR=str(tmp_path / "hs"))
     assert done.returncode == 0 and len((tmp_path / "hs" / "validation.jsonl").read_text().splitlines()) == 5
     done = _script("train_online_sdpo_tldr.sh", "--simulator", "rule", "--max_new_tokens", "4", "--summary_prompts", "0",
