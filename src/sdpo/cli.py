@@ -31,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
     "eval": Command("eval", "eval checkpoints: pairwise win rate of checkpoints against a baseline"),
     "personas": Command("personas", "list the user personas (styles) for simulators and judges"),
+    "chat": Command("chat", "a local web chat that learns from your follow-ups (one SDPO update each); export, simulate"),
     "models": Command("models", "list model aliases and prepare (convert/cache) the embedded model"),
     "spo": Command("spo", "preference optimization (DPO, PSPO, OSPO, RSPO): synthetic, generate, train, evaluate, grid, analyze"),
 }
