@@ -37,8 +37,8 @@ def sequence_advantages(
         raise ValueError(f"advantage centering must be one of {CENTERING}, got {centering!r}")
     adv = (teacher.detach() - student.detach()).float()
     valid = torch.arange(adv.shape[0], device=adv.device) >= ignore_first
-    if centering == "sequence" and valid.any():
-        adv = adv - adv[valid].mean()
+    if centering == "sequence" and adv.shape[0] > ignore_first:  # from the shape: no device sync
+        adv = adv - adv[ignore_first:].mean()
     if clip is not None:
         adv = adv.clamp(-clip, clip)
     return adv, valid
@@ -67,36 +67,42 @@ def advantage_pg_loss(
         raise ValueError("kl_coef > 0 needs reference log-probs")
     losses, all_adv, kls = [], [], []
     for i, (s, q) in enumerate(zip(student, teacher)):
-        adv, valid = sequence_advantages(s, q, ignore_first=ignore_first, centering=centering, clip=clip)
-        if not valid.any():
+        if s.shape[0] <= ignore_first:  # no valid position (known from the shape: no device sync)
             continue
-        n = valid.sum()
+        adv, _ = sequence_advantages(s, q, ignore_first=ignore_first, centering=centering, clip=clip)
+        k = ignore_first  # valid positions are a suffix: slices, not boolean masks (those sync)
+        adv, s_v, n = adv[k:], s[k:].float(), s.shape[0] - k
         if old is not None and ppo_clip is not None:
-            ratio = torch.exp(s[valid].float() - old[i].detach().float()[valid])
-            surrogate = torch.minimum(ratio * adv[valid], ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * adv[valid])
+            ratio = torch.exp(s_v - old[i].detach().float()[k:])
+            surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * adv)
             loss = -surrogate.sum() / n
         else:
-            loss = -(adv[valid] * s[valid].float()).sum() / n
+            loss = -(adv * s_v).sum() / n
         if kl_coef:
-            log_ratio = reference[i].detach().float()[valid] - s[valid].float()
+            log_ratio = reference[i].detach().float()[k:] - s_v
             kl = (torch.exp(log_ratio) - log_ratio - 1).mean()  # k3 estimator of KL(student || reference)
             loss = loss + kl_coef * kl
             kls.append(kl.detach())
         losses.append(loss)
-        all_adv.append((q.detach() - s.detach()).float()[valid])
+        all_adv.append((q.detach() - s.detach()).float()[k:])
     if not losses:
         zero = sum(s.sum() for s in student) * 0.0  # keeps the graph connected for distributed backward
         return zero, {"sequences": 0.0}
     signal = torch.cat(all_adv)
+    # every statistic in one device-to-host transfer
+    parts = [signal.mean(), signal.abs().mean(), signal.std() if signal.numel() > 1 else signal.new_zeros(())]
+    if kls:
+        parts.append(torch.stack(kls).mean())
+    values = torch.stack(parts).tolist()
     stats = {
-        "signal_mean": signal.mean().item(),
-        "signal_abs_mean": signal.abs().mean().item(),
-        "signal_std": signal.std().item() if signal.numel() > 1 else 0.0,
+        "signal_mean": values[0],
+        "signal_abs_mean": values[1],
+        "signal_std": values[2],
         "response_tokens": float(signal.numel()),
         "sequences": float(len(losses)),
     }
     if kls:
-        stats["kl"] = torch.stack(kls).mean().item()
+        stats["kl"] = values[3]
     return torch.stack(losses).mean(), stats
 
 
