@@ -26,6 +26,9 @@ COMMANDS: dict[str, Command] = {
     "signal-analysis": Command(
         "signal_analysis", "per-token heatmaps, an HTML report and selectivity (relevant vs unrelated follow-ups)"
     ),
+    "teacher-check": Command(
+        "teacher_check", "can the model teach itself? teacher vs student on a task and on follow-ups; SDPO/hybrid/GRPO"
+    ),
     "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
     "train-online": Command("train_online", "online SDPO: generate, ask a simulated user, learn from the reply"),
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
