@@ -118,6 +118,8 @@ def _eval_setup(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "answers_for", lambda model_id, prompts, *a, **k: answers[model_id])
     (run / "checkpoint-1").mkdir(parents=True)
     (run / "checkpoint-2").mkdir()
+    for step in (1, 2):
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"step": {step}}}')
     return run, data
 
 

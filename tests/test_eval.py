@@ -269,6 +269,7 @@ def test_plot_oracle_at_100_percent_is_inside_the_frame_and_small_n_shows_its_in
 def test_a_model_load_error_names_the_option(tmp_path, capsys):
     prompts = write_prompts([PromptRecord([{"role": "user", "content": "hi"}])], tmp_path / "p.jsonl")
     (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-1" / "trainer_state.json").write_text('{"step": 1}')
     args = ["eval", "checkpoints", "--run_dir", str(tmp_path / "run"), "--data_path", str(prompts), "--ckpts", "1",
             "--style", "no_emojis", "--eval_n", "1"]
     assert main([*args, "--judge", "rule", "--baseline", str(tmp_path / "no-such-model")]) == 2

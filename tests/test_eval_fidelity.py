@@ -38,3 +38,19 @@ def test_tldr_system_prompt_and_cue(tmp_path, tiny, captured_contexts):
     answers_for("m", prompts, GenerationCache(tmp_path / "g"), max_new_tokens=4, max_prompt_tokens=256,
                 system_prompt="general", loader=lambda name: (model, tok))
     assert "<|im_start|>system\n<|im_end|>" in captured_contexts[-1] and "TL;DR:" in captured_contexts[-1]
+
+
+def test_ckpts_all_skips_incomplete_checkpoints(tmp_path):
+    from sdpo.eval.checkpoints import find_checkpoints
+
+    run = tmp_path / "run"
+    for step in (3, 6, 9):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (3, 6):
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"step": {step}}}')
+    (run / "checkpoint-12.tmp").mkdir()
+    with pytest.warns(UserWarning):
+        found = find_checkpoints(str(run), None)
+    assert [name for name, _ in found] == ["checkpoint-3", "checkpoint-6"]
+    with pytest.raises(FileNotFoundError, match=r"step\(s\) \[9\]"):
+        find_checkpoints(str(run), [9])

@@ -91,9 +91,9 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
                 template, system_prompt=(task + "\n" if task else "")
                 + "The user you are interacting with has the following persona:\n" + persona)
         device = next(model.parameters()).device
-        from tqdm.auto import tqdm
+        from sdpo.progress import progress_bar
 
-        bar = tqdm(total=len(mine), desc=f"generate {label or model_id}"[:60], unit="answer",
+        bar = progress_bar(total=len(mine), desc=f"generate {label or model_id}"[:60], unit="answer",
                    disable=not (label and main))
         for start in range(0, len(mine), 8):
             chunk = mine[start : start + 8]
@@ -129,9 +129,12 @@ def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, P
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    found = {int(p.name.split("-")[1]): p for p in run.glob("checkpoint-*") if p.name.split("-")[1].isdigit()}
+    from sdpo.rundir import checkpoint_step, complete_checkpoints
+
+    # complete checkpoints only (trainer_state.json written last); an interrupted write is skipped with a warning
+    found = {checkpoint_step(p): p for p in complete_checkpoints(run)}
     if not found:
-        raise FileNotFoundError(f"no checkpoint-<step> directories in {run_dir}")
+        raise FileNotFoundError(f"no complete checkpoint-<step> directories (with trainer_state.json) in {run_dir}")
     if steps:
         missing = [s for s in steps if s not in found]
         if missing:
@@ -150,9 +153,8 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
     texts = [p.text for p in prompts]
     if judge is not None and judgments_dir is not None and getattr(judge, "cache", None) is None:
         judge.use_cache(judgments_dir)
-    from tqdm.auto import tqdm
-
     from sdpo.models import ModelLoadError
+    from sdpo.progress import progress_bar
 
     def answers(model_id, label, option, persona=None):
         try:
@@ -177,7 +179,7 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
             continue
         outcomes = []
         chunk = max(1, int(getattr(judge, "chunk_size", 64)))  # the bar moves per chunk of pairs, both orders
-        with tqdm(total=len(texts), desc=f"judge {name}"[:60], unit="pair") as bar:
+        with progress_bar(total=len(texts), desc=f"judge {name}"[:60], unit="pair") as bar:
             for start in range(0, len(texts), chunk):
                 part = slice(start, start + chunk)
                 outcomes += judge_both_orders(judge, texts[part], candidate[part], base[part])
