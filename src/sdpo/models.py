@@ -75,17 +75,131 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+# CPU flags of native bf16 matrix instructions: AMX tiles (Sapphire Rapids and later) or
+# AVX-512 BF16 dot products (Cooper Lake, Zen 4). Without them torch emulates bf16 on CPU,
+# which is slower than float32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_is_fast(device: str | torch.device) -> bool:
+    """Whether bf16 matrix products run natively (faster than float32) on ``device``.
+
+    CUDA: compute capability 8.0 or newer (Ampere on; older GPUs emulate bf16). CPU: the
+    ``amx_bf16`` or ``avx512_bf16`` flag in ``/proc/cpuinfo`` (torch's own probe where
+    that file is missing). Anything else: no.
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        if getattr(torch.version, "hip", None):
+            return bool(torch.cuda.is_bf16_supported())
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        flags = cpu_flags()
+        if flags:
+            return any(flag in flags for flag in BF16_CPU_FLAGS)
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return False
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """The compute dtype: ``auto`` is bf16 where :func:`bf16_is_fast`, else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
     try:
         return _DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+AUTOCAST_ATTR = "sdpo_autocast_dtype"
+
+
+def autocast_dtype(model) -> torch.dtype | None:
+    """The dtype ``model``'s matrix products run in under autocast (see :func:`enable_autocast`)."""
+    seen = 0
+    while model is not None and seen < 8:  # peft / accelerate wrappers hold the model deeper
+        dtype = getattr(model, AUTOCAST_ATTR, None) if isinstance(model, torch.nn.Module) else None
+        if dtype is not None:
+            return dtype
+        model = getattr(model, "module", None) or getattr(model, "base_model", None) or (
+            getattr(model, "model", None) if type(model).__name__ == "LoraModel" else None)
+        seen += 1
+    return None
+
+
+def _autocast_pre_hook(module, args, kwargs):
+    device = next(module.parameters()).device.type
+    if torch.is_autocast_enabled(device):
+        module._sdpo_autocast_stack.append(None)
+        return None
+    ctx = torch.autocast(device, dtype=getattr(module, AUTOCAST_ATTR))
+    ctx.__enter__()
+    module._sdpo_autocast_stack.append(ctx)
+    return None
+
+
+def _autocast_post_hook(module, args, kwargs, output):
+    ctx = module._sdpo_autocast_stack.pop() if module._sdpo_autocast_stack else None
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+    return None
+
+
+def _autocast_generate(self, *args, **kwargs):
+    device = next(self.parameters()).device.type
+    # one autocast region for the whole decode: the weights are cast to bf16 once, not per token
+    with torch.autocast(device, dtype=getattr(self, AUTOCAST_ATTR)):
+        return type(self).generate(self, *args, **kwargs)
+
+
+def enable_autocast(model, dtype: torch.dtype = torch.bfloat16):
+    """Mixed precision: parameters stay float32 (master weights), forwards and ``generate``
+    run their matrix products in ``dtype`` under ``torch.autocast``; :mod:`sdpo.signal`
+    keeps the log-softmax and everything after it in float32. Returns ``model``."""
+    import types
+
+    if getattr(model, AUTOCAST_ATTR, None) is not None:
+        return model
+    setattr(model, AUTOCAST_ATTR, dtype)
+    model._sdpo_autocast_stack = []
+    model.register_forward_pre_hook(_autocast_pre_hook, with_kwargs=True)
+    model.register_forward_hook(_autocast_post_hook, with_kwargs=True, always_call=True)
+    if hasattr(model, "generate"):
+        # bound to the model itself, so copy.deepcopy rebinds it to the copy
+        model.generate = types.MethodType(_autocast_generate, model)
+    return model
+
+
+def parameter_dtype(dtype: str | torch.dtype | None, device: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """``(parameter dtype, autocast dtype or None)`` for a ``--dtype`` value.
+
+    ``auto`` on bf16 hardware (:func:`bf16_is_fast`) is mixed precision: float32
+    parameters, bf16 matrix products (measured in ``benchmarks/RESULTS.md``: pure bf16
+    weights lose AdamW updates below bf16's resolution, and agree worse with float32).
+    On a GPU ``auto`` keeps bf16 parameters, as before (half the memory). Explicit
+    dtypes are used as given, with no autocast.
+    """
+    resolved = resolve_dtype(dtype, device)
+    if dtype in (None, "auto") and resolved != torch.float32 and torch.device(device).type == "cpu":
+        return torch.float32, resolved
+    return resolved, None
 
 
 def resolve_device(device: str | None) -> str:
@@ -240,8 +354,10 @@ def load_model(
     """Load ``(model, tokenizer)`` ready for scoring or training.
 
     ``name_or_path`` is an alias (:data:`ALIASES`), a ``.gguf`` file, a local directory
-    or a hub id. ``dtype`` is ``auto`` (bf16 on a GPU that supports it, else float32)
-    or a name such as ``float32``. ``lora`` wraps the model with a peft LoRA adapter.
+    or a hub id. ``dtype`` is ``auto`` (mixed precision where bf16 is fast: float32
+    parameters, bf16 autocast, see :func:`parameter_dtype`; float32 elsewhere) or a
+    name such as ``float32`` / ``bfloat16`` (parameters in that dtype, no autocast).
+    ``lora`` wraps the model with a peft LoRA adapter.
     """
     from transformers.utils import logging as hf_logging
 
@@ -260,7 +376,7 @@ def _load_model(name_or_path, *, dtype, device, lora, trust_remote_code, seed):
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype, compute_dtype = parameter_dtype(dtype, device)
     name = str(name_or_path)
     if name == TINY_ALIAS:
         tokenizer = load_tokenizer(TINY_ALIAS)
@@ -288,7 +404,27 @@ def _load_model(name_or_path, *, dtype, device, lora, trust_remote_code, seed):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lora is not None:
         model = apply_lora(model, lora)
+    if compute_dtype is not None:
+        enable_autocast(model, compute_dtype)
     return model, tokenizer
+
+
+def adamw_options(params) -> dict:
+    """Keyword arguments that pick ``torch.optim.AdamW``'s fastest implementation for ``params``:
+    ``fused=True`` where torch has a fused kernel for their device and dtype (CPU and CUDA
+    float tensors in current torch; one kernel for all parameters), else ``foreach=True``.
+    Both are the same algorithm as the default for-loop AdamW."""
+    params = list(params)
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # pragma: no cover - older torch
+        devices = {"cuda"}
+    floats = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    if params and all(p.device.type in devices and p.dtype in floats for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def apply_lora(model, options: LoraOptions):
