@@ -282,7 +282,9 @@ class OnlineSDPOTrainer:
                                                  max_prompt_tokens=cfg.max_prompt_tokens, max_prompts=None,
                                                  seed=cfg.seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        from sdpo.models import adamw_options  # fused AdamW where torch has the kernel, foreach otherwise
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      **adamw_options(params))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if hasattr(self.simulator, "model") and isinstance(self.simulator.model, torch.nn.Module):
             self.simulator.model.to(self.accelerator.device)
