@@ -122,16 +122,22 @@ def gathered_parameters(accelerator, params):
 @contextlib.contextmanager
 def policy_for_generation(model, accelerator):
     """The plain model, in eval mode, with full parameters for ``generate``."""
+    import warnings
+
     from trl.models import unwrap_model_for_generation
 
-    with unwrap_model_for_generation(model, accelerator) as policy:
-        was_training = policy.training
-        policy.eval()
-        try:
-            with torch.no_grad():
-                yield policy
-        finally:
-            policy.train(was_training)
+    with warnings.catch_warnings():
+        # TRL 1.16 still asks for transformers' deprecated `is_gradient_checkpointing` (and the old enable /
+        # disable names): FutureWarnings about TRL's code, shown to our users at every generation
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
+        with unwrap_model_for_generation(model, accelerator) as policy:
+            was_training = policy.training
+            policy.eval()
+            try:
+                with torch.no_grad():
+                    yield policy
+            finally:
+                policy.train(was_training)
 
 
 @contextlib.contextmanager
@@ -163,3 +169,50 @@ def leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 of a launch (or not launched at all); read from the environment, so it
+    works before any process group exists."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")).strip() in ("", "0")
+
+
+def quiet_logs() -> None:
+    """Called once by the ``sdpo`` command before any work.
+
+    * Under a launcher (``WORLD_SIZE>1``) only rank 0 prints Python warnings and library
+      warnings/info (otherwise each appears once per rank); errors still show everywhere.
+    * Third-party progress/banners are tamed (:func:`sdpo.progress.quiet_library_output`).
+    """
+    import logging
+    import warnings
+
+    from sdpo.progress import quiet_library_output
+
+    quiet_library_output()
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    library_format = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        # a warning our own code raises for the user (a cut context, skipped checkpoints) is one plain line,
+        # without our source file and line
+        if os.path.abspath(filename).startswith(ours) and category is UserWarning:
+            return f"warning: {message}\n"
+        return library_format(message, category, filename, lineno, line)
+
+    if not getattr(warnings.formatwarning, "_sdpo", False):
+        one_line._sdpo = True
+        warnings.formatwarning = one_line
+    if main_process():
+        return
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for name in ("transformers", "datasets", "accelerate", "DeepSpeed", "torch.distributed", "trackio"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass

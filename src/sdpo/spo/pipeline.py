@@ -168,10 +168,9 @@ def sample_responses(model, tok, contexts: list[list[int]], *, max_new_tokens: i
 
 
 def generate_preferences(args: GenerateArguments) -> Path:
-    from tqdm.auto import tqdm
-
     from ..losses import mixture_link
     from ..models import load_model
+    from ..progress import progress_bar
 
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
@@ -181,7 +180,7 @@ def generate_preferences(args: GenerateArguments) -> Path:
     model, tok = load_model(args.model_id, dtype="auto", device=_device(), seed=args.seed)
     torch.manual_seed(args.seed)
     rows = []
-    for i in tqdm(range(0, len(prompts), args.batch_size), desc="sampling pairs"):
+    for i in progress_bar(range(0, len(prompts), args.batch_size), desc="sampling pairs", unit="batch"):
         batch = prompts[i : i + args.batch_size]
         ctx = [_chat_ids(tok, p, args.max_prompt_length) for p in batch]
         y0 = sample_responses(model, tok, ctx, max_new_tokens=args.gen_max_new_tokens, temperature=args.temperature,
@@ -337,9 +336,8 @@ def dataset_index(model, ref, examples: list[dict], pad_id: int, batch_size: int
 def train_policy(args: TrainArguments) -> Path:
     import copy
 
-    from tqdm.auto import tqdm
-
     from ..models import LoraOptions, load_model
+    from ..progress import progress_bar
     from ..trainers.spo import SPOObjective, SPOOptions, index_sign, pair_index
 
     options = SPOOptions(method=args.method, refit_every=args.refit_every, pspo_fit=args.pspo_fit,
@@ -377,7 +375,7 @@ def train_policy(args: TrainArguments) -> Path:
     log = open(out / "metrics.jsonl", "w")
     skipped = 0
     opt.zero_grad(set_to_none=True)
-    bar = tqdm(range(args.max_steps), desc=f"{args.method} training")
+    bar = progress_bar(range(args.max_steps), desc=f"{args.method} training", unit="step")
     for step in bar:
         batch = [examples[i] for i in next(batches)]
         z = torch.tensor([b["z"] for b in batch], dtype=torch.float32, device=model.device)
@@ -387,7 +385,7 @@ def train_policy(args: TrainArguments) -> Path:
             (loss / args.grad_accum_steps if args.scale_loss_by_accumulation else loss).backward()
         else:  # as the reference: no backward for a non-finite loss, counted and reported
             skipped += 1
-        rec = {"step": step + 1, "loss": float(loss), "index_mean": float(t.detach().mean()),
+        rec = {"step": step + 1, "loss": loss.item(), "index_mean": float(t.detach().mean()),
                "pair_accuracy": float(((t.detach() > 0).float() == z).float().mean()), "lr": sched.get_last_lr()[0]}
         if (step + 1) % args.grad_accum_steps == 0:
             if args.max_grad_norm > 0:
@@ -397,7 +395,7 @@ def train_policy(args: TrainArguments) -> Path:
             opt.zero_grad(set_to_none=True)
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{rec['pair_accuracy']:.2f}")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['pair_accuracy']:.2f}")
     log.close()
     if skipped:
         print(f"warning: {skipped} micro-batches had a non-finite loss and were skipped", file=sys.stderr)
@@ -526,9 +524,8 @@ def sample_mixture(policy, ref, tok, prompt_ids: list[list[int]], beta: float, m
 
 
 def evaluate_policy(args: EvaluateArguments) -> Path:
-    from tqdm.auto import tqdm
-
     from ..models import load_model
+    from ..progress import progress_bar
 
     betas = _floats(args.betas, "betas")
     if any(b <= 0 for b in betas):
@@ -564,7 +561,7 @@ def evaluate_policy(args: EvaluateArguments) -> Path:
     ctx = [_chat_ids(tok, p, args.max_prompt_length) for p in prompts]
     g = torch.Generator(device=next(policy.parameters()).device).manual_seed(args.seed)
     rows = []
-    for beta in tqdm(betas, desc="beta scan"):
+    for beta in progress_bar(betas, desc="beta scan", unit="beta"):
         texts, kls = [], []
         for i in range(0, len(ctx), args.eval_batch_size):
             t, k = sample_mixture(policy, ref, tok, ctx[i : i + args.eval_batch_size], beta, args.eval_max_new_tokens, g,

@@ -20,6 +20,8 @@ this module adds:
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -104,6 +106,13 @@ class OfflineSDPOConfig(TrainingArguments):
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise ValueError(f"optim={self.optim} needs bitsandbytes (pip install bitsandbytes; CUDA GPUs); "
                                  "use --optim adamw_torch otherwise")
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to (torch would warn at every epoch)
+        if self.disable_tqdm is None:
+            from sdpo.progress import mode
+
+            # a log file gets the Trainer's one line per logging step, not hundreds of redrawn bar frames
+            self.disable_tqdm = mode() != "bar"
         super().__post_init__()
         if self.template not in TEMPLATE_NAMES:
             raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
@@ -294,6 +303,51 @@ def resolve_resume(config: OfflineSDPOConfig):
     return value
 
 
+def planned_steps(config: TrainingArguments, n_records: int) -> int:
+    """Optimizer steps the Trainer will take (its own rule: --max_steps, else epochs x updates per epoch)."""
+    if config.max_steps and config.max_steps > 0:
+        return int(config.max_steps)
+    batches = math.ceil(n_records / max(1, config.per_device_train_batch_size * max(1, config.world_size)))
+    per_epoch = max(batches // config.gradient_accumulation_steps
+                    + int(batches % config.gradient_accumulation_steps > 0), 1)
+    return math.ceil(config.num_train_epochs * per_epoch)
+
+
+def learning_rate_note(config: TrainingArguments, n_records: int) -> str | None:
+    """One line when the schedule gives learning rate 0 at every step of the run (e.g. a 1-step run whose
+    warm-up rounds up to 1 step), or never reaches the peak because the warm-up is as long as the run."""
+    import warnings
+
+    from transformers import get_scheduler
+
+    steps = planned_steps(config, n_records)
+    warmup = config.get_warmup_steps(steps)
+    if warmup < 1 or config.learning_rate <= 0:
+        return None
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=config.learning_rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scheduler.step() without optimizer.step()
+        scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs or {})
+        rates = []
+        for _ in range(min(steps, warmup + 1)):  # the warm-up decides; the rest of the schedule only decays
+            rates.append(scheduler.get_last_lr()[0])
+            scheduler.step()
+    plural = "s" if steps != 1 else ""
+    every = "at the run's only optimizer step" if steps == 1 else f"at every one of the {steps} optimizer steps"
+    how = (f"--warmup_steps {config.warmup_steps:g} is {warmup} warm-up step{'s' if warmup != 1 else ''}"
+           + (f" ({config.warmup_steps:g} x {steps}, rounded up)" if config.warmup_steps < 1 else ""))
+    if max(rates) == 0:
+        return (f"the learning rate is 0 {every} ({how}): "
+                "the weights will not change; for a short sanity run pass --warmup_steps 0")
+    if warmup >= steps:
+        return (f"the warm-up covers the whole run ({how}, {steps} optimizer step{plural}): the learning rate "
+                f"stays below --learning_rate {config.learning_rate:g} (at most {max(rates):.3g}); "
+                "--warmup_steps 0 for a short run")
+    return None
+
+
 def train_offline(config: OfflineSDPOConfig, **kwargs):
     """Train as ``config`` says, holding ``output_dir`` for the run (:func:`sdpo.rundir.claim`: locked,
     a used directory refused unless resuming or ``overwrite_output_dir``)."""
@@ -316,6 +370,14 @@ def _train_offline(config: OfflineSDPOConfig, **kwargs):
     if resume is not None and trainer.is_world_process_zero():  # the resumed steps are logged again
         step = json.loads((Path(resume) / rundir.STATE_NAME).read_text()).get("global_step", 0)
         rundir.truncate_metrics(Path(config.output_dir) / "metrics.jsonl", step)
+    if trainer.is_world_process_zero():
+        note = learning_rate_note(config, len(trainer.train_dataset))
+        if note:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+    if "trackio" in (config.report_to or []):
+        from sdpo.progress import quiet_trackio
+
+        quiet_trackio()  # one line instead of trackio's banner
     consolidate_zero3_saves(trainer.accelerator)
     trainer.train(resume_from_checkpoint=resume)
     full_state_dict_for_final_save(trainer.accelerator)

@@ -271,7 +271,11 @@ class OnlineSDPOTrainer:
         self.tokenizer = tokenizer
         self.simulator = simulator or build_simulator(cfg, model, tokenizer)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:  # older transformers
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.template = get_template(cfg.template, system_prompt=cfg.system_prompt)
         self.prompts, self.prompt_selection = select_prompts(
@@ -580,9 +584,9 @@ class OnlineSDPOTrainer:
             before = None
         bar = None
         if cfg.progress and acc.is_main_process:
-            from tqdm.auto import tqdm
+            from sdpo.progress import progress_bar
 
-            bar = tqdm(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step")
+            bar = progress_bar(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step")
         self.model.train()
         stop = _StopRequest()
         try:
@@ -627,10 +631,10 @@ class OnlineSDPOTrainer:
                 f.write(json.dumps({"step": self.step, **metrics}) + "\n")
             if tracker is not None:
                 tracker.log(metrics, step=self.step)
-            if bar is not None:
-                bar.update(1)
+            if bar is not None:  # postfix first: a log file's progress line carries this step's values
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
-                                persona=f"{metrics['persona_rule_score']:.2f}")
+                                persona=f"{metrics['persona_rule_score']:.2f}", refresh=False)
+                bar.update(1)
         if self.step % cfg.save_steps == 0 or self.step == self.max_steps:
             self.save_checkpoint()
 
@@ -671,8 +675,9 @@ class OnlineSDPOTrainer:
         config = {k: v for k, v in asdict(cfg).items() if "key" not in k.lower()}
         name = Path(cfg.output_dir).name
         if cfg.report_to == "trackio":
-            import trackio
+            from sdpo.progress import quiet_trackio
 
+            trackio = quiet_trackio()  # one line instead of trackio's banner
             trackio.init(project=cfg.project, name=name, config=config, resume="allow")
             return trackio
         try:

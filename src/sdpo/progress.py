@@ -1,0 +1,250 @@
+"""Progress that suits where the output goes, and quiet third-party chatter.
+
+In a terminal our long loops show a tqdm bar. When stderr is a file or a pipe (a
+batch job's log, ``... 2>&1 | tee run.log``) a redrawn bar leaves hundreds of
+``\\r`` frames in the file, so :func:`progress_bar` prints a plain line instead, each
+time another 10 % is done or a minute has passed, and one at the end.
+
+``SDPO_PROGRESS=bar|lines|off`` overrides the choice.
+
+:func:`quiet_library_output` is called once by the ``sdpo`` command: transformers'
+"Writing model shards" bars (one per save, nested inside ours) are silenced, its other
+bars follow the same rule as ours, and DeepSpeed is told the accelerator when there is
+no GPU (otherwise it announces "Setting accelerator to CPU" in the middle of the bar).
+:func:`quiet_trackio` replaces trackio's six-line banner by one line of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import sys
+import time
+
+MODES = ("bar", "lines", "off")
+
+
+def mode(stream=None) -> str:
+    """``bar`` in a terminal, ``lines`` otherwise (``SDPO_PROGRESS`` overrides)."""
+    forced = os.environ.get("SDPO_PROGRESS", "").strip().lower()
+    if forced in MODES:
+        return forced
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "bar" if stream.isatty() else "lines"
+    except (AttributeError, ValueError):  # closed or file-like without isatty
+        return "lines"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class LineProgress:
+    """The part of tqdm's interface our loops use, printing whole lines.
+
+    A line is printed when the count crosses the next ``every_percent`` of ``total``, when
+    ``every_seconds`` have passed since the last line, and once at :meth:`close` if the
+    last count was not printed yet. Without a total, only the time rule applies.
+    """
+
+    def __init__(self, iterable=None, desc: str | None = None, total: int | None = None, *, unit: str = "it",
+                 initial: int = 0, file=None, disable: bool = False, every_percent: float = 10.0,
+                 every_seconds: float = 60.0, **_tqdm_only):
+        if total is None and iterable is not None:
+            try:
+                total = len(iterable)
+            except TypeError:
+                total = None
+        self.iterable = iterable
+        self.desc = desc or ""
+        self.total = total
+        self.unit = unit
+        self.n = self.initial = int(initial)
+        self.file = file
+        self.disable = disable
+        self.every_percent = every_percent
+        self.every_seconds = every_seconds
+        self.postfix = ""
+        self.start = self._last_time = time.monotonic()
+        self._printed_n = self.n
+        self._next_mark = self._mark_after(self.n)
+        self.closed = False
+
+    # tqdm interface -------------------------------------------------------------------------
+    def __iter__(self):
+        if self.iterable is None:
+            raise TypeError("LineProgress without an iterable is not iterable")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __len__(self):
+        return self.total or 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def update(self, n: int = 1) -> None:
+        if self.disable or self.closed:
+            return
+        self.n += n
+        now = time.monotonic()
+        if (self._next_mark is not None and self.n >= self._next_mark) or now - self._last_time >= self.every_seconds:
+            self._emit(now)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = dict(ordered_dict or {}, **kwargs)
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = str(s)
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.desc = desc or ""
+
+    def refresh(self, *args, **kwargs) -> None:
+        pass
+
+    def write(self, s: str, file=None, end: str = "\n") -> None:
+        print(s, end=end, file=file or self._stream(), flush=True)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if not self.disable and self.n != self._printed_n:
+            self._emit(time.monotonic())
+        self.closed = True
+
+    # ----------------------------------------------------------------------------------------
+    def _stream(self):
+        return self.file if self.file is not None else sys.stderr
+
+    def _mark_after(self, n: int):
+        if not self.total or self.every_percent <= 0:
+            return None
+        step = self.total * self.every_percent / 100.0
+        k = int(n // step) + 1
+        return min(self.total, k * step)
+
+    def _units(self, count: int) -> str:
+        plural = count != 1 and self.unit.isalpha() and not self.unit.endswith("s") and self.unit != "it"
+        return self.unit + "s" if plural else self.unit
+
+    def _emit(self, now: float) -> None:
+        elapsed = now - self.start
+        done = self.n - self.initial
+        parts = [f"{self.desc}: " if self.desc else ""]
+        if self.total:
+            parts.append(f"{self.n}/{self.total} {self._units(self.total)} ({100.0 * self.n / self.total:.0f}%)")
+        else:
+            parts.append(f"{self.n} {self._units(self.n)}")
+        parts.append(f", {_duration(elapsed)} elapsed")
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f", {rate:.2f} {self.unit}/s" if rate >= 1 else f", {1 / rate:.1f} s/{self.unit}")
+            if self.total and self.n < self.total:
+                parts.append(f", ~{_duration((self.total - self.n) / rate)} left")
+        if self.postfix:
+            parts.append(f" [{self.postfix}]")
+        print("".join(parts), file=self._stream(), flush=True)
+        self._last_time = now
+        self._printed_n = self.n
+        self._next_mark = self._mark_after(self.n)
+
+
+def progress_bar(iterable=None, desc: str | None = None, total: int | None = None, **kwargs):
+    """A tqdm bar in a terminal, :class:`LineProgress` otherwise (see the module doc)."""
+    chosen = mode(kwargs.get("file"))
+    if chosen == "off":
+        kwargs["disable"] = True
+    if chosen == "bar":
+        from tqdm.auto import tqdm
+
+        kwargs.pop("every_percent", None)
+        kwargs.pop("every_seconds", None)
+        return tqdm(iterable, desc=desc, total=total, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, **kwargs)
+
+
+# -------------------------------------------------------------------------------- third parties
+_QUIET_DESCRIPTIONS = ("Writing model shards",)
+
+
+def _transformers_bar(factory, args, kwargs):
+    desc = str(kwargs.get("desc") or "")
+    if desc.startswith(_QUIET_DESCRIPTIONS):  # one per save, drawn inside our own bar
+        from transformers.utils.logging import EmptyTqdm
+
+        return EmptyTqdm(*args, **kwargs)
+    if mode(kwargs.get("file")) != "bar" and getattr(factory, "__name__", "") != "EmptyTqdm":
+        return LineProgress(*args, **kwargs)
+    return factory(*args, **kwargs)
+
+
+def quiet_library_output() -> None:
+    """See the module doc; safe to call more than once."""
+    if "DS_ACCELERATOR" not in os.environ:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick, without its warning
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    if hasattr(hf_logging, "set_tqdm_hook"):
+        hf_logging.set_tqdm_hook(_transformers_bar)
+
+
+@contextlib.contextmanager
+def _stdout_captured():
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+def quiet_trackio(trackio_module=None):
+    """Make ``trackio.init`` / ``trackio.finish`` print one line of ours instead of their banner.
+
+    Patches the module's functions (the Hugging Face ``Trainer``'s trackio callback calls
+    them too); idempotent. Returns the module.
+    """
+    if trackio_module is None:
+        import trackio as trackio_module
+    if getattr(trackio_module, "_sdpo_quiet", False):
+        return trackio_module
+    loud_init, loud_finish = trackio_module.init, trackio_module.finish
+
+    def init(*args, **kwargs):
+        with _stdout_captured():
+            run = loud_init(*args, **kwargs)
+        project = kwargs.get("project", args[0] if args else "?")
+        name = getattr(run, "name", None) or kwargs.get("name") or "?"
+        print(f"trackio: project {project}, run {name} (view it: trackio show --project {shlex.quote(str(project))})",
+              flush=True)
+        return run
+
+    def finish(*args, **kwargs):
+        with _stdout_captured():
+            return loud_finish(*args, **kwargs)
+
+    init.__doc__, finish.__doc__ = loud_init.__doc__, loud_finish.__doc__
+    trackio_module.init, trackio_module.finish = init, finish
+    trackio_module._sdpo_quiet = True
+    return trackio_module
