@@ -179,10 +179,10 @@ def build_app(engine: ChatEngine):
                 sig = gr.skip()
 
         outputs = [chatbot, message, conversation, status, signal, notice]
-        send.click(on_send, [message, conversation, chatbot, learn], outputs).then(
+        send.click(on_send, [message, conversation, chatbot, learn], outputs, trigger_mode="always_last").then(
             panel, [conversation, plot_key], [status, signal, plot, plot_key]).then(
             lambda: gr.update(choices=_choices(engine)), None, pick)
-        message.submit(on_send, [message, conversation, chatbot, learn], outputs).then(
+        message.submit(on_send, [message, conversation, chatbot, learn], outputs, trigger_mode="always_last").then(
             panel, [conversation, plot_key], [status, signal, plot, plot_key]).then(
             lambda: gr.update(choices=_choices(engine)), None, pick)
         timer.tick(panel, [conversation, plot_key], [status, signal, plot, plot_key])

@@ -201,7 +201,7 @@ class ChatEngine:
         return [{"role": t["role"], "content": t["content"]}
                 for t in self.store.turns(conversation_id, complete_only=True)]
 
-    def receive(self, conversation_id: int, text: str, *, learn: bool | None = None) -> dict:
+    def receive(self, conversation_id: int, text: str, *, learn: bool | None = None, source: str = "chat") -> dict:
         """Record the user's message. If it follows an answer it is that answer's follow-up: an
         interaction is recorded (``pending``, or ``collected`` when not learning). Returns the
         messages to answer and the interaction id (or None). Call :meth:`learn` next."""
@@ -218,7 +218,8 @@ class ChatEngine:
             x = [{"role": t["role"], "content": t["content"]} for t in turns[:-1]]
             answer = turns[-1]
             interaction = self.store.add_interaction(conversation_id, answer["id"], user_turn, x, answer["content"],
-                                                     answer["token_ids"], text, "pending" if learn else "collected")
+                                                     answer["token_ids"], text, "pending" if learn else "collected",
+                                                     source=source)
         messages = [{"role": t["role"], "content": t["content"]} for t in turns] + [{"role": "user", "content": text}]
         return {"messages": messages, "interaction": interaction}
 
