@@ -29,6 +29,7 @@ student side differentiable and the teacher side under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -154,22 +155,29 @@ def plan_microbatches(
     *,
     overhead_tokens: int = 64,
     max_batch_tokens: int | None = None,
+    max_groups: int | None = None,
+    min_saving: float = 0.0,
 ) -> list[list[int]]:
     """Group sequences ``(context_len, response_len)`` into micro-batches.
 
     A micro-batch costs ``rows * (max context + max response)`` padded tokens plus
     ``overhead_tokens`` for launching a forward. Sequences are sorted by total length
-    and cut into contiguous runs that minimise the total cost (exact dynamic
-    programme over the sorted order), with at most ``max_batch_tokens`` padded
-    tokens per micro-batch (a single longer sequence still gets its own).
+    and cut into at most ``max_groups`` contiguous runs that minimise the total cost
+    (exact dynamic programme over the sorted order), with at most ``max_batch_tokens``
+    padded tokens per micro-batch (a single longer sequence still gets its own).
+    When the best plan saves less than ``min_saving`` (a fraction) of the cost of one
+    padded batch, one batch it is: planning must pay for its extra forwards.
     """
     n = len(lengths)
     if n == 0:
         return []
     order = sorted(range(n), key=lambda k: (lengths[k][0] + lengths[k][1], lengths[k][0]))
+    limit = n if max_groups is None else max(1, min(int(max_groups), n))
     inf = float("inf")
-    best = [0.0] + [inf] * n  # best[j]: cost of the first j sorted sequences
-    cut = [0] * (n + 1)
+    # best[g][j]: cost of the first j sorted sequences in exactly g groups; cut[g][j]: start of the last
+    best = [[inf] * (n + 1) for _ in range(limit + 1)]
+    cut = [[0] * (n + 1) for _ in range(limit + 1)]
+    best[0][0] = 0.0
     for j in range(1, n + 1):
         max_c = max_r = 0
         for i in range(j, 0, -1):  # last group = sorted[i-1 .. j-1]
@@ -179,20 +187,121 @@ def plan_microbatches(
             padded = rows * (max_c + max_r)
             if max_batch_tokens is not None and rows > 1 and padded > max_batch_tokens:
                 break
-            cost = best[i - 1] + padded + overhead_tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i - 1
+            for g in range(1, limit + 1):
+                cost = best[g - 1][i - 1] + padded + overhead_tokens
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i - 1
+    g = min(range(1, limit + 1), key=lambda k: best[k][n])
+    if best[g][n] == inf:  # the token budget needs more groups than allowed: budget wins
+        return plan_microbatches(lengths, overhead_tokens=overhead_tokens, max_batch_tokens=max_batch_tokens)
+    single = n * (max(c for c, _ in lengths) + max(r for _, r in lengths)) + overhead_tokens
+    if g > 1 and best[1][n] < inf and best[g][n] > (1.0 - min_saving) * single:
+        return [order]
     groups = []
     j = n
     while j > 0:
-        groups.append([order[k] for k in range(cut[j], j)])
-        j = cut[j]
+        groups.append([order[k] for k in range(cut[g][j], j)])
+        j, g = cut[g][j], g - 1
     return groups[::-1]
 
 
-def _default_overhead(device: torch.device) -> int:
-    # Larger batches pay off more on accelerators than on a CPU.
-    return 64 if device.type == "cpu" else 1024
+# Planner defaults. The per-forward overhead is measured (see forward_overhead_tokens); the
+# cap and the required saving keep the planner from trading one big efficient forward for
+# many thin ones whose fixed costs grow when the cores are shared (benchmarks/RESULTS.md).
+DEFAULT_MAX_GROUPS = 4
+DEFAULT_MIN_SAVING = 0.15
+_OVERHEAD_SAFETY = 2.0  # measured on a quiet machine; under load a forward's fixed cost grows
+_overhead_memo: dict[str, int] = {}
+
+
+def _overhead_key(model, device: torch.device) -> str:
+    inner = _unwrap(model) or model
+    config = getattr(inner, "config", None)
+    shape = [getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
+                                                 "num_hidden_layers", "num_attention_heads", "vocab_size")]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu{torch.get_num_threads()}"
+    dtype = next(inner.parameters()).dtype if any(True for _ in inner.parameters()) else None
+    return "|".join(map(str, [name, torch.__version__, dtype, autocast_dtype(model), *shape]))
+
+
+def _overhead_path():
+    from sdpo.models import cache_dir
+
+    return cache_dir() / "forward_overhead.json"
+
+
+def _time_forward(model, device, width: int, repeats: int = 3) -> float:
+    import time
+
+    ids = torch.full((1, width), 1, dtype=torch.long, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def forward_overhead_tokens(model, *, refresh: bool = False) -> int:
+    """The fixed cost of one forward of ``model``, in tokens' worth of compute.
+
+    Measured once per device, model shape and dtype (a forward of 16 tokens vs one of
+    528, best of three each) and cached in ``$SDPO_CACHE/forward_overhead.json``; the
+    planner charges each micro-batch this many extra tokens (times a safety factor of
+    2, since the fixed cost grows when the cores are shared).
+    """
+    import json
+
+    device = _model_device(model)
+    key = _overhead_key(model, device)
+    if not refresh and key in _overhead_memo:
+        return _overhead_memo[key]
+    path = _overhead_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if refresh or not isinstance(table.get(key), int):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), _autocast(model):
+                _time_forward(model, device, 16, repeats=1)  # warm-up
+                small, large = _time_forward(model, device, 16), _time_forward(model, device, 528)
+        finally:
+            model.train(was_training)
+        per_token = max(large - small, 1e-9) / 512
+        fixed = max(small - 16 * per_token, 0.0)
+        table[key] = int(round(min(max(fixed / per_token, 8), 16384)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+    _overhead_memo[key] = table[key]
+    return table[key]
+
+
+def autocast_dtype(model) -> torch.dtype | None:
+    """The dtype ``model`` computes in under autocast (set by :func:`sdpo.models.load_model`), or None."""
+    from sdpo.models import autocast_dtype as _dtype
+
+    return _dtype(model)
+
+
+def _autocast(model):
+    import contextlib
+
+    dtype = autocast_dtype(model)
+    if dtype is None or torch.is_autocast_enabled(_model_device(model).type):
+        return contextlib.nullcontext()
+    return torch.autocast(_model_device(model).type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -230,8 +339,16 @@ def _split_head(model):
     return body, head, softcap
 
 
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap) -> torch.Tensor:
-    logits = head(hidden).float()
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap,
+                    head_fp32: bool = False) -> torch.Tensor:
+    if head_fp32 and (hidden.dtype != torch.float32 or head.weight.dtype != torch.float32
+                      or torch.is_autocast_enabled(hidden.device.type)):
+        # the head's product in float32: bf16 logits are off by up to ~0.1 nats at |logit| ~ 30
+        with torch.autocast(hidden.device.type, enabled=False):
+            bias = head.bias.float() if head.bias is not None else None
+            logits = nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    else:
+        logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -266,7 +383,8 @@ def _vocab_size(model) -> int:
     return int(getattr(getattr(inner, "config", None), "vocab_size", 50_000))
 
 
-def _forward_group(model, contexts, responses, *, pad_token_id: int, chunk_tokens: int, head_mode: str):
+def _forward_group(model, contexts, responses, *, pad_token_id: int, chunk_tokens: int, head_mode: str,
+                   head_fp32: bool = True):
     """Log-probs of each response under its context, for one micro-batch."""
     device = _model_device(model)
     n = len(contexts)
@@ -290,7 +408,7 @@ def _forward_group(model, contexts, responses, *, pad_token_id: int, chunk_token
         body, head, softcap = split
         hidden = body(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         hidden = hidden.last_hidden_state[:, ctx_len - 1 : ctx_len - 1 + resp_len][target_mask]
-        flat = _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap)
+        flat = _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap, head_fp32)
     else:
         out = model(
             input_ids=ids,
@@ -314,6 +432,9 @@ def completion_logprobs(
     overhead_tokens: int | None = None,
     chunk_tokens: int | None = None,
     head_mode: str = "auto",
+    max_groups: int | None = DEFAULT_MAX_GROUPS,
+    min_saving: float = DEFAULT_MIN_SAVING,
+    head_precision: str = "float32",
 ) -> list[torch.Tensor]:
     """``log p(completion_t | context, completion_<t)`` for each pair, float32, one tensor each.
 
@@ -321,7 +442,12 @@ def completion_logprobs(
     for a teacher, leave gradients on for a student. ``head_mode`` is ``auto`` (apply
     the output head only at completion positions, in chunks), ``chunked`` (require
     that) or ``logits`` (full model forward with ``logits_to_keep``; what distributed
-    wrappers get automatically).
+    wrappers get automatically). Micro-batches: see :func:`plan_microbatches`; the
+    per-forward overhead defaults to :func:`forward_overhead_tokens` (measured, cached).
+    A model loaded with mixed precision (:func:`sdpo.models.load_model`, ``dtype=auto``
+    on bf16 hardware) runs its matrix products under bf16 autocast; the log-softmax and
+    everything after it stay in float32, and with ``head_precision="float32"`` (default)
+    so does the output head's product (``compute``: the head in the model's dtype).
     """
     if len(contexts) != len(completions):
         raise ValueError("contexts and completions differ in length")
@@ -332,32 +458,38 @@ def completion_logprobs(
             raise SignalInputError(f"sequence {i}: the completion has no tokens")
     if head_mode not in ("auto", "chunked", "logits"):
         raise ValueError(f"head_mode must be auto, chunked or logits, got {head_mode!r}")
+    if head_precision not in ("float32", "compute"):
+        raise ValueError(f"head_precision must be float32 or compute, got {head_precision!r}")
     device = _model_device(model)
-    if overhead_tokens is None:
-        overhead_tokens = _default_overhead(device)
     if (torch.is_grad_enabled() and _unwrap(model) is None) or lockstep_forwards(model):
         # DDP and friends reduce gradients once per forward: one forward per backward. Under
         # ZeRO-3/FSDP every forward gathers parameters, so every rank must run the same number.
         overhead_tokens, max_batch_tokens = 10**12, None
+    elif overhead_tokens is None and len(contexts) > 1:
+        overhead_tokens = int(_OVERHEAD_SAFETY * forward_overhead_tokens(model))
     if chunk_tokens is None:
         chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * _vocab_size(model)))
     groups = plan_microbatches(
         [(len(c), len(r)) for c, r in zip(contexts, completions)],
-        overhead_tokens=overhead_tokens,
+        overhead_tokens=overhead_tokens or 0,
         max_batch_tokens=max_batch_tokens,
+        max_groups=max_groups,
+        min_saving=min_saving,
     )
     results: list[torch.Tensor | None] = [None] * len(contexts)
-    for group in groups:
-        outs = _forward_group(
-            model,
-            [contexts[k] for k in group],
-            [completions[k] for k in group],
-            pad_token_id=pad_token_id,
-            chunk_tokens=chunk_tokens,
-            head_mode=head_mode,
-        )
-        for k, lp in zip(group, outs):
-            results[k] = lp
+    with _autocast(model):  # one autocast region: weights are cast to bf16 once per call
+        for group in groups:
+            outs = _forward_group(
+                model,
+                [contexts[k] for k in group],
+                [completions[k] for k in group],
+                pad_token_id=pad_token_id,
+                chunk_tokens=chunk_tokens,
+                head_mode=head_mode,
+                head_fp32=head_precision == "float32",
+            )
+            for k, lp in zip(group, outs):
+                results[k] = lp
     return results  # type: ignore[return-value]
 
 
