@@ -80,7 +80,80 @@ def test_template_all_compares(tmp_path, capsys):
     for name in summary:
         assert (tmp_path / name / "report.html").is_file()
         assert not (tmp_path / name / "case0_tokens.png").exists()
-    assert "templates compared" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "templates compared" in out
+    # the final message names a report.html that exists: an index linking every template's report
+    named = re.search(r"open (\S+report\.html) in a browser", out.replace("\n", " "))
+    assert named and Path(named.group(1)).is_file() and Path(named.group(1)) == tmp_path / "report.html"
+    index = (tmp_path / "report.html").read_text()
+    for name in summary:
+        assert f"href='{name}/report.html'" in index and f"src='{name}/side_by_side.png'" in index
+
+
+def test_display_units_merge_split_characters_and_sum_their_signal():
+    from sdpo.analysis.signal_report import display_units, extremes
+    from sdpo.models import load_model
+    from sdpo.signal import token_strings
+
+    _, tok = load_model("tiny-random")
+    text = "Great job 🎉 you did it 😀 — café ☕"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    tokens = token_strings(tok, ids)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=len(ids))
+    units = display_units(tokens, values)
+    assert "".join(u[0] for u in units) == text  # every character once, none as a lone byte
+    assert not any(u[0] == "" or "\ufffd" in u[0] for u in units)
+    assert any(len(u[2]) > 1 for u in units)  # the emoji span several byte tokens here
+    # a unit's value is the float64 sum of its tokens' values, and all values are kept in order
+    np.testing.assert_allclose([u[1] for u in units], [np.sum(np.float64(u[2])) for u in units], rtol=1e-12)
+    np.testing.assert_array_equal(np.concatenate([u[2] for u in units]), values)
+    low, high = extremes(tokens, values, k=50)
+    assert all(v < 0 for _, v in low) and all(v > 0 for _, v in high)
+    assert len(low) + len(high) == sum(1 for u in units if u[1] != 0)
+    assert [v for _, v in low] == sorted(v for _, v, _ in units if v < 0)
+    # all positive: nothing is "discouraged"
+    low, high = extremes(["a", "b"], [0.5, 0.1])
+    assert low == [] and [t for t, _ in high] == ["a", "b"]
+
+
+def test_one_colour_scale_for_terminal_report_and_images():
+    from sdpo.analysis import signal_report
+    from sdpo.commands import signal as signal_command
+
+    assert signal_command.SCALE == signal_report.FULL_COLOUR_NATS
+    assert signal_report._scale({"cases": [{"signal_followup": [0.1], "signal_unrelated": [9.0]}]}) == \
+        signal_report.FULL_COLOUR_NATS
+    full = signal_report.FULL_COLOUR_NATS
+    # full colour reached exactly at the constant in both renderers, and not before
+    assert signal_report._colour(full, full) == signal_report._colour(10 * full, full)
+    assert signal_report._colour(0.9 * full, full) != signal_report._colour(full, full)
+    assert signal_command._shade(full) == signal_command._shade(10 * full)
+    assert signal_command._shade(0.9 * full) != signal_command._shade(full)
+
+
+def test_image_text_spells_out_glyphs_the_font_lacks():
+    from sdpo.analysis.signal_report import drawable
+
+    assert drawable("café — ok") == "café — ok"
+    assert drawable("party 🎉!") == "party [party popper]!"
+    assert drawable("あ") == "[U+3042]"
+
+
+def test_terminal_lists_only_negative_as_discouraged(capsys, monkeypatch):
+    import sdpo.commands.signal as cmd
+
+    result = {"model": "m", "template": "t", "cases": [{
+        "name": "c", "prompt": "p", "response": "r", "followup": "f", "tokens": ["a", "", " 🎉", "[b"],
+        "signal": [0.3, -0.5, -0.25, 0.2], "mean_abs_signal": 0.3125}]}
+    cmd._print_rich(result, force=True)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "most discouraged: ' 🎉' -0.75" in out  # the emoji once, with the sum of its two tokens
+    assert "most encouraged:  'a' +0.30, '[b' +0.20" in out
+    result["cases"][0]["signal"] = [0.3, 0.5, 0.25, 0.2]
+    cmd._print_rich(result, force=True)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "most discouraged: (no token below 0)" in out
 
 
 def test_cases_without_control_are_rejected(tmp_path, capsys):
@@ -143,8 +216,13 @@ def test_report_renders_in_headless_chromium(analysis_dir, tmp_path):
     assert len(sections) == data["n_cases"]  # every case rendered
     shown = [float(s) for _, s in sections]
     assert shown == sorted(shown, reverse=True)  # the page's own script sorted them by selectivity
-    n_tokens = sum(len(c["tokens"]) for c in data["cases"])
-    assert len(re.findall(r'<span class="tok"', dom)) == 2 * n_tokens
+    from sdpo.analysis.signal_report import display_units
+
+    # one span per shown unit (a character split over byte tokens is one span), under both follow-ups
+    n_units = sum(len(display_units(c["tokens"], c["signal_followup"])) for c in data["cases"])
+    assert n_units < sum(len(c["tokens"]) for c in data["cases"])  # case 2's emojis are split in the tokenizer
+    assert len(re.findall(r'<span class="tok"', dom)) == 2 * n_units
+    assert "\ufffd" not in dom and "🎉" in dom
 
     shot = tmp_path / "report.png"
     run("--window-size=1280,1200", f"--screenshot={shot}", url)

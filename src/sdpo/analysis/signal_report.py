@@ -20,6 +20,39 @@ from typing import Sequence
 
 from sdpo.data.cases import CasesError, SignalCase
 
+FULL_COLOUR_NATS = 2.0
+"""|signal| in nats that gets the full colour, everywhere: the terminal (``sdpo signal``), the HTML report,
+the token images and the heatmaps, so one colour means one value wherever it is seen."""
+
+
+def display_units(tokens: Sequence[str], values: Sequence[float]) -> list[tuple[str, float, list[float]]]:
+    """Tokens merged for display: ``(text, value, the tokens' own values)``.
+
+    A character whose bytes span several tokens (emoji, CJK in byte-level BPE) has its text on
+    the token that completes it and empty strings on the tokens before (see
+    :func:`sdpo.signal.token_strings`); here those tokens join the completing one, whose value
+    is the sum (the log-ratio of the whole character). Other tokens stay as they are.
+    """
+    units: list[tuple[str, float, list[float]]] = []
+    pending: list[float] = []
+    for tok, value in zip(tokens, values):
+        pending.append(float(value))
+        if tok == "" and len(pending) < 8:
+            continue
+        units.append((tok, sum(pending), pending))
+        pending = []
+    if pending:  # empty tokens at the very end
+        units.append(("", sum(pending), pending))
+    return units
+
+
+def extremes(tokens: Sequence[str], values: Sequence[float], k: int = 5):
+    """The ``k`` most discouraged (negative only) and most encouraged (positive only) display units."""
+    units = [(text, value) for text, value, _ in display_units(tokens, values)]
+    low = sorted((u for u in units if u[1] < 0), key=lambda u: u[1])[:k]
+    high = sorted((u for u in units if u[1] > 0), key=lambda u: -u[1])[:k]
+    return low, high
+
 
 def require_controls(cases: Sequence[SignalCase], source: str) -> None:
     """Every analysis case needs an unrelated follow-up as its control."""
@@ -97,10 +130,7 @@ def _cmap():
 
 
 def _scale(result: dict) -> float:
-    values = sorted(abs(v) for r in result["cases"] for key in ("signal_followup", "signal_unrelated") for v in r[key])
-    if not values:
-        return 1.0
-    return max(values[int(0.99 * (len(values) - 1))], 1e-6)  # 99th percentile: one outlier can't wash out the rest
+    return FULL_COLOUR_NATS
 
 
 def _matrix(result: dict, key: str, max_tokens: int):
@@ -147,18 +177,20 @@ def write_plots(result: dict, out_dir: Path, *, max_tokens: int = 96, token_imag
         ("signal_followup", "followup.png", "relevant follow-up"),
         ("signal_unrelated", "unrelated.png", "unrelated follow-up"),
     ):
-        fig, ax = plt.subplots(figsize=(12, height))
+        fig, ax = plt.subplots(figsize=(12, height), layout="constrained")
         im = _heatmap(ax, result, key, f"Signal under the {title} (template {result['template']})", vmax, max_tokens)
-        fig.colorbar(im, ax=ax, label=label, shrink=0.8)
-        fig.tight_layout()
+        fig.colorbar(im, ax=ax, label=label, shrink=0.8, extend="both")
         fig.savefig(out_dir / fname, dpi=110)
         plt.close(fig)
         written.append(out_dir / fname)
-    for fname, shape, size in (("stacked.png", (2, 1), (12, 2 * height)), ("side_by_side.png", (1, 2), (20, height))):
-        fig, axes = plt.subplots(*shape, figsize=size)
+    for fname, shape, size in (("stacked.png", (2, 1), (12, 2 * height + 0.6)),
+                               ("side_by_side.png", (1, 2), (20, height + 0.6))):
+        # constrained layout: the figure title, the panel titles, the case names and the axis labels each get
+        # their own room (no overlap, nothing cut at the edges)
+        fig, axes = plt.subplots(*shape, figsize=size, layout="constrained")
         for ax, key, title in zip(axes, ("signal_followup", "signal_unrelated"), ("relevant follow-up", "unrelated follow-up")):
             im = _heatmap(ax, result, key, title, vmax, max_tokens)
-        fig.colorbar(im, ax=list(axes), label=label, shrink=0.8)
+        fig.colorbar(im, ax=list(axes), label=label, shrink=0.8, extend="both")
         fig.suptitle(
             f"template {result['template']}: overall selectivity {result['overall']['selectivity']:.2f}", fontsize=12
         )
@@ -190,12 +222,40 @@ def _wrap_tokens(tokens: Sequence[str], width: int) -> list[list[tuple[int, str]
     return [line for line in lines if line]
 
 
+_MONO = "DejaVu Sans Mono"
+_mono_chars: set[int] | None = None
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character the image font cannot draw (emoji, CJK: no such font is assumed) spelled
+    out, e.g. ``[party popper]`` or ``[U+3042]``, instead of an empty box."""
+    global _mono_chars
+    import unicodedata
+
+    if _mono_chars is None:
+        from matplotlib import font_manager
+        from matplotlib.ft2font import FT2Font
+
+        _mono_chars = set(FT2Font(font_manager.findfont(_MONO)).get_charmap())
+    out = []
+    for ch in text:
+        if ord(ch) in _mono_chars or ch in "\n\t":
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Mn", "Cf") or ch == "\ufe0f":  # variation selectors, joiners
+            continue
+        elif unicodedata.category(ch) == "So":
+            out.append(f"[{unicodedata.name(ch, 'symbol').lower()}]")
+        else:
+            out.append(f"[U+{ord(ch):04X}]")
+    return "".join(out)
+
+
 def _monospace_advance(fig_w: float, font_pt: float) -> float:
     """Width of one monospace character as a fraction of a figure ``fig_w`` inches wide (measured)."""
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(fig_w, 1), dpi=100)
-    text = fig.text(0, 0, "x" * 200, fontfamily="DejaVu Sans Mono", fontsize=font_pt)
+    text = fig.text(0, 0, "x" * 200, fontfamily=_MONO, fontsize=font_pt)
     width = text.get_window_extent(renderer=fig.canvas.get_renderer()).width
     plt.close(fig)
     return width / 200 / (fig_w * 100)
@@ -214,31 +274,34 @@ def _token_image(case: dict, path: Path, vmax: float) -> None:
     width_chars = int(0.96 / char_w)
     blocks = []
     for key, label in (("signal_followup", "followup"), ("signal_unrelated", "unrelated_followup")):
-        header = textwrap.wrap(f"{'relevant' if key == 'signal_followup' else 'unrelated'} follow-up: {case[label]}", 120)
-        blocks.append((key, header, _wrap_tokens(case["tokens"], width_chars)))
-    prompt = textwrap.wrap(f"prompt: {case['prompt']}", 120)
+        header = textwrap.wrap(drawable(f"{'relevant' if key == 'signal_followup' else 'unrelated'} follow-up: "
+                                        f"{case[label]}"), 120)
+        units = display_units(case["tokens"], case[key])
+        blocks.append(([value for _, value, _ in units], header,
+                       _wrap_tokens([drawable(text) for text, _, _ in units], width_chars)))
+    prompt = textwrap.wrap(drawable(f"prompt: {case['prompt']}"), 120)
     n_lines = len(prompt) + sum(len(h) + len(t) + 1 for _, h, t in blocks) + 1
     fig_h = 0.24 * n_lines + 0.4
     fig = plt.figure(figsize=(fig_w, fig_h))
     line_h = 0.24 / fig_h
     y = 1 - line_h
-    text_kw = dict(fontfamily="DejaVu Sans Mono", fontsize=font_pt, va="top", parse_math=False)
+    text_kw = dict(fontfamily=_MONO, fontsize=font_pt, va="top", parse_math=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # glyphs missing from the monospace font (emoji) render as boxes
-        fig.text(0.01, y + 0.3 * line_h, f"{case['name']}   selectivity {case['selectivity']:.2f}", fontsize=10,
+        warnings.simplefilter("ignore")  # a glyph `drawable` missed would warn once per character
+        fig.text(0.01, y + 0.3 * line_h, f"{drawable(case['name'])}   selectivity {case['selectivity']:.2f}", fontsize=10,
                  fontweight="bold", va="top")
         y -= line_h
         for line in prompt:
             fig.text(0.01, y, line, color="#333333", **text_kw)
             y -= line_h
-        for key, header, lines in blocks:
+        for values, header, lines in blocks:
             for line in header:
                 fig.text(0.01, y, line, color="#333333", fontstyle="italic", **text_kw)
                 y -= line_h
             for line in lines:
                 x = 0.01
                 for k, shown in line:
-                    value = case[key][k]
+                    value = values[k]
                     fig.text(x, y, shown, color="black", **text_kw,
                              bbox=dict(facecolor=cmap(norm(value)), edgecolor="none", pad=1.0))
                     x += len(shown) * char_w
@@ -261,9 +324,12 @@ def _colour(value: float, vmax: float) -> str:
 
 def _tokens_html(tokens, values, vmax) -> str:
     spans = []
-    for tok, v in zip(tokens, values):
+    for tok, v, parts in display_units(tokens, values):
         text = html.escape(tok).replace("\n", "↵<br>") or "&middot;"
-        spans.append(f'<span class="tok" style="background:{_colour(v, vmax)}" title="{v:+.4f}" data-v="{v:.6f}">{text}</span>')
+        title = f"{v:+.4f}" if len(parts) == 1 else f"{v:+.4f} ({len(parts)} tokens: " + ", ".join(
+            f"{p:+.4f}" for p in parts) + ")"
+        spans.append(f'<span class="tok" style="background:{_colour(v, vmax)}" title="{title}" data-v="{v:.6f}">'
+                     f'{text}</span>')
     return "".join(spans)
 
 
@@ -345,7 +411,8 @@ def write_report(result: dict, path: Path, *, model: str = "") -> Path:
 (median per case {ov['median_case_selectivity']:.3f}; {ov['cases_above_1']} of {result['n_cases']} above 1)</div>
 <div class="legend">signal = log p(y_t | x, o) − log p(y_t | x): 
 <span style="background:{_colour(-vmax, vmax)}">teacher prefers less</span><span style="background:#fff;border:1px solid #ddd">0</span><span style="background:{_colour(vmax, vmax)}">teacher prefers more</span>
-full colour at |signal| ≥ {vmax:.2f}; hover a token for its value.</div>
+full colour at |signal| ≥ {vmax:g} nats (the scale of <code>sdpo signal</code> and the images); a character
+split over several tokens (emoji) is shown once, with their summed value; hover a token for its value.</div>
 <table id="summary"><thead><tr><th onclick="sortTable(0)">#</th><th onclick="sortTable(1)">case</th>
 <th onclick="sortTable(2)">selectivity</th><th onclick="sortTable(3)">mean |signal| relevant</th>
 <th onclick="sortTable(4)">mean |signal| unrelated</th><th onclick="sortTable(5)">tokens</th></tr></thead>
@@ -355,6 +422,40 @@ full colour at |signal| ≥ {vmax:.2f}; hover a token for its value.</div>
 <div id="cases" data-order="original">{''.join(sections)}</div>
 </body></html>
 """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_index(summary: dict, out_dir: str | Path, *, model: str = "") -> Path:
+    """``report.html`` at the top of a ``--template all`` run: the templates compared, each linked to its
+    own report and shown by its side-by-side heatmap."""
+    out_dir = Path(out_dir)
+    best = max(summary, key=lambda k: summary[k]["selectivity"])
+    rows, figures = [], []
+    for name, ov in summary.items():
+        rel = Path(ov["out_dir"]).relative_to(out_dir).as_posix() if Path(ov["out_dir"]).is_relative_to(out_dir) \
+            else Path(ov["out_dir"]).resolve().as_uri()
+        link = html.escape(f"{rel}/report.html")
+        rows.append(f"<tr><td><a href='{link}'>{html.escape(name)}</a>{' (best)' if name == best else ''}</td>"
+                    f"<td class='num'>{ov['selectivity']:.3f}</td><td class='num'>{ov['median_case_selectivity']:.3f}"
+                    f"</td><td class='num'>{ov['cases_above_1']}</td></tr>")
+        figures.append(f"<h2><a href='{link}'>{html.escape(name)}</a></h2>"
+                       f"<a href='{link}'><img src='{html.escape(rel)}/side_by_side.png' alt='heatmaps, template "
+                       f"{html.escape(name)}' style='max-width:100%'></a>")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sdpo signal analysis: templates compared</title>
+<style>{_CSS}</style></head><body>
+<h1>Hindsight signal analysis: templates compared</h1>
+<div class="meta">model <b>{html.escape(model)}</b> · {len(summary)} templates · selectivity = mean |signal| under the
+relevant follow-up ÷ under the unrelated one (above 1: the signal is about the feedback). Each template's own report
+has every case token by token.</div>
+<table><thead><tr><th>template (its report)</th><th>overall selectivity</th><th>median case</th><th>cases above 1</th>
+</tr></thead><tbody>{''.join(rows)}</tbody></table>
+{''.join(figures)}
+</body></html>
+"""
+    path = out_dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

@@ -150,7 +150,7 @@ def _print_plain(result: dict) -> None:
         out.write(line + "\n")
 
 
-SCALE = 2.0  # |signal| in nats that gets the full colour
+from sdpo.analysis.signal_report import FULL_COLOUR_NATS as SCALE  # |signal| (nats) at full colour, as in the report
 
 
 def _shade(value: float) -> str:
@@ -167,6 +167,8 @@ def _print_rich(result: dict, force: bool = False) -> None:
     from rich.console import Console
     from rich.text import Text
 
+    from sdpo.analysis.signal_report import display_units, extremes
+
     console = Console(highlight=False, force_terminal=force or None)
     console.print(f"[bold]model[/] {result['model']}   [bold]template[/] {result['template']}")
     console.print(
@@ -178,16 +180,16 @@ def _print_rich(result: dict, force: bool = False) -> None:
         console.print(Text("prompt:    ", style="bold") + Text(case["prompt"]))
         console.print(Text("follow-up: ", style="bold") + Text(case["followup"]))
         text = Text()
-        for tok, value in zip(case["tokens"], case["signal"]):
-            shown = tok.replace("\n", "\u21b5\n") if tok else ""
-            text.append(shown, style=_shade(value))
+        # a character split over several byte tokens (emoji) is shown once, shaded by their summed signal
+        for tok, value, _ in display_units(case["tokens"], case["signal"]):
+            text.append(tok.replace("\n", "\u21b5\n"), style=_shade(value))
         console.print(Text("response:  ", style="bold"))
         console.print(text)
-        ranked = sorted(zip(case["signal"], case["tokens"]), key=lambda p: p[0])
-        low = ", ".join(f"{t!r} {v:+.2f}" for v, t in ranked[:5])
-        high = ", ".join(f"{t!r} {v:+.2f}" for v, t in ranked[::-1][:5])
-        console.print(f"[red]most discouraged[/]: {low}")
-        console.print(f"[green]most encouraged[/]:  {high}")
+        lows, highs = extremes(case["tokens"], case["signal"])  # negative values only / positive only
+        low = ", ".join(f"{t!r} {v:+.2f}" for t, v in lows) or "(no token below 0)"
+        high = ", ".join(f"{t!r} {v:+.2f}" for t, v in highs) or "(no token above 0)"
+        console.print(Text.assemble(("most discouraged", "red"), f": {low}"))  # not markup: a token may hold "["
+        console.print(Text.assemble(("most encouraged", "green"), f":  {high}"))
         summary = f"mean |signal| {case['mean_abs_signal']:.3f} over {len(case['tokens'])} tokens"
         if "unrelated" in case:
             ratio = case["mean_abs_signal"] / max(case["unrelated"]["mean_abs_signal"], 1e-12)

@@ -70,7 +70,7 @@ def run(args: SignalAnalysisArguments) -> int:
 
     from rich.console import Console
 
-    from sdpo.analysis.signal_report import analyze, write_outputs
+    from sdpo.analysis.signal_report import analyze, write_index, write_outputs
     from sdpo.models import load_model
     from sdpo.signal import SignalScorer
     from sdpo.templates import get_template
@@ -93,7 +93,8 @@ def run(args: SignalAnalysisArguments) -> int:
     if len(templates) > 1:
         _print_comparison(console, summary)
         (out_dir / "selectivity_by_template.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    console.print(f"outputs in {out_dir}/ (open report.html in a browser)")
+        write_index(summary, out_dir, model=args.model)  # links every template's report
+    console.print(f"outputs in {out_dir}/; open {out_dir / 'report.html'} in a browser", soft_wrap=True)
     return 0
 
 
