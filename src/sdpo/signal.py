@@ -604,9 +604,9 @@ class SignalScorer:
         results: list[list[TokenSignal]] = [[] for _ in items]
         batches: Iterable[int] = range(0, len(items), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from sdpo.progress import progress_bar  # a bar in a terminal, plain lines in a log file
 
-            batches = tqdm(list(batches), desc="scoring", unit="batch")
+            batches = progress_bar(list(batches), desc="scoring", unit="batch")
         was_training = self.model.training
         self.model.eval()
         try:
