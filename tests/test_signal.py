@@ -137,11 +137,11 @@ def test_left_truncation_keeps_response(tiny):
     y = "A response that must stay whole 🎉"
     full = encode_examples(tok, [(long_history, y, "shorter")], max_context_tokens=None)[0]
     cut = encode_examples(tok, [(long_history, y, "shorter")], max_context_tokens=32)[0]
-    assert len(cut.student_context) == 32 and len(cut.teacher_context) == 32
-    assert cut.student_context == full.student_context[-32:]
-    assert cut.teacher_context == full.teacher_context[-32:]
+    # fit_context cuts the oldest turns, then the request's start, keeping the system message
+    assert len(cut.student_context) <= 32 and len(cut.teacher_context) <= 32
+    assert cut.student_truncated == len(full.student_context) - len(cut.student_context) > 0
+    assert cut.teacher_truncated == len(full.teacher_context) - len(cut.teacher_context) > 0
     assert cut.response == full.response
-    assert cut.student_truncated == len(full.student_context) - 32
     [sig] = SignalScorer(model, tok, max_context_tokens=32).score([(long_history, y, "shorter")])
     assert sig.token_ids == full.response
     assert sig.truncated_context_tokens > 0
