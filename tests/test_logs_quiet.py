@@ -94,6 +94,13 @@ def test_offline_one_step_run_says_learning_rate_zero_and_is_quiet(tmp_path):
     # our own UserWarning (a context cut to 2048 tokens) is one plain line
     assert any(line.startswith("warning: 1 of 48 records have a context longer") for line in text.splitlines())
     assert sum("trackio: project sdpo, run off" in line for line in text.splitlines()) == 1
+    # resumed: the checkpoint stores the tied lm_head once; that is not reported as a missing key
+    text = _run_to_file(["train-offline", "--model_name_or_path", "tiny-random", "--train_jsonl", str(data),
+                         "--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+                         "1", "--save_steps", "1", "--output_dir", "runs/off", "--resume_from_checkpoint", "last"],
+                        tmp_path, "offline-resume")
+    _assert_quiet(text)
+    assert "done: 2 steps" in text
 
 
 def test_learning_rate_note_matches_the_schedule():

@@ -161,6 +161,18 @@ class OfflineSDPOTrainer(Trainer):
         tok = self.processing_class
         self.pad_token_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A tied output head (``lm_head`` = the embedding) is stored once in a checkpoint, so on resume it is
+        not "missing": only keys that share no tensor with another are reported."""
+        if getattr(load_result, "missing_keys", None) and hasattr(load_result, "_replace"):
+            model = self.accelerator.unwrap_model(self.model)
+            owners: dict[int, list[str]] = {}
+            for name, param in model.named_parameters(remove_duplicate=False):
+                owners.setdefault(param.data_ptr(), []).append(name)
+            tied = {name for names in owners.values() if len(names) > 1 for name in names}
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied])
+        super()._issue_warnings_after_load(load_result)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, InteractionDataset):
