@@ -144,6 +144,24 @@ def test_line_progress_prints_whole_lines_each_tenth():
     assert out.getvalue().splitlines() == [out.getvalue().splitlines()[0]] and out.getvalue().startswith("n: 5 it")
 
 
+def test_library_bars_in_a_log_file_speak_only_when_slow(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("SDPO_PROGRESS", "lines")
+    progress.quiet_library_output()
+    out = io.StringIO()
+    for _ in hf_logging.tqdm(range(50), desc="Loading weights", file=out):
+        pass
+    assert out.getvalue() == ""  # quick: nothing
+    bar = hf_logging.tqdm(total=4, desc="Loading weights", file=out)
+    assert isinstance(bar, LineProgress)
+    bar.every_seconds = 0.0  # as if a minute passed at every update
+    bar.update(2)
+    bar.close()
+    assert out.getvalue().startswith("Loading weights: 2/4 it (50%)")
+    assert hf_logging.tqdm(range(3), desc="Writing model shards").__class__.__name__ == "EmptyTqdm"
+
+
 def test_progress_bar_follows_the_stream(monkeypatch):
     class Tty(io.StringIO):
         def isatty(self):

@@ -9,7 +9,8 @@ time another 10 % is done or a minute has passed, and one at the end.
 
 :func:`quiet_library_output` is called once by the ``sdpo`` command: transformers'
 "Writing model shards" bars (one per save, nested inside ours) are silenced, its other
-bars follow the same rule as ours, and DeepSpeed is told the accelerator when there is
+bars are kept in a terminal and, in a log file, print only when they take over a minute
+(loading a large model), and DeepSpeed is told the accelerator when there is
 no GPU (otherwise it announces "Setting accelerator to CPU" in the middle of the bar).
 :func:`quiet_trackio` replaces trackio's six-line banner by one line of ours.
 """
@@ -55,7 +56,7 @@ class LineProgress:
 
     def __init__(self, iterable=None, desc: str | None = None, total: int | None = None, *, unit: str = "it",
                  initial: int = 0, file=None, disable: bool = False, every_percent: float = 10.0,
-                 every_seconds: float = 60.0, **_tqdm_only):
+                 every_seconds: float = 60.0, only_if_slow: bool = False, **_tqdm_only):
         if total is None and iterable is not None:
             try:
                 total = len(iterable)
@@ -70,6 +71,8 @@ class LineProgress:
         self.disable = disable
         self.every_percent = every_percent
         self.every_seconds = every_seconds
+        self.only_if_slow = only_if_slow  # no lines at all unless it runs past every_seconds
+        self._emitted = False
         self.postfix = ""
         self.start = self._last_time = time.monotonic()
         self._printed_n = self.n
@@ -102,7 +105,8 @@ class LineProgress:
             return
         self.n += n
         now = time.monotonic()
-        if (self._next_mark is not None and self.n >= self._next_mark) or now - self._last_time >= self.every_seconds:
+        if now - self._last_time >= self.every_seconds or (
+                not self.only_if_slow and self._next_mark is not None and self.n >= self._next_mark):
             self._emit(now)
 
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
@@ -124,7 +128,7 @@ class LineProgress:
     def close(self) -> None:
         if self.closed:
             return
-        if not self.disable and self.n != self._printed_n:
+        if not self.disable and self.n != self._printed_n and (self._emitted or not self.only_if_slow):
             self._emit(time.monotonic())
         self.closed = True
 
@@ -163,6 +167,7 @@ class LineProgress:
         self._last_time = now
         self._printed_n = self.n
         self._next_mark = self._mark_after(self.n)
+        self._emitted = True
 
 
 def progress_bar(iterable=None, desc: str | None = None, total: int | None = None, **kwargs):
@@ -190,7 +195,8 @@ def _transformers_bar(factory, args, kwargs):
 
         return EmptyTqdm(*args, **kwargs)
     if mode(kwargs.get("file")) != "bar" and getattr(factory, "__name__", "") != "EmptyTqdm":
-        return LineProgress(*args, **kwargs)
+        # in a log file a library's bar (loading weights, ...) says nothing unless it takes over a minute
+        return LineProgress(*args, only_if_slow=True, **kwargs)
     return factory(*args, **kwargs)
 
 
