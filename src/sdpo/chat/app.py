@@ -25,7 +25,7 @@ CSS = """
 
 def signal_html(row: dict | None) -> str:
     """The answer's tokens coloured by signal (red: the follow-up made the token less likely, green:
-    more likely), the value on hover; the scale is the answer's 99th percentile of |signal|."""
+    more likely), the value on hover; the signal report's colour scale and token rendering."""
     from sdpo.analysis.signal_report import _tokens_html
 
     if not row or not row.get("signal_values"):
@@ -33,8 +33,9 @@ def signal_html(row: dict | None) -> str:
                "follow-up, and the signal of each of its tokens shows here.</div>"
     values = row["signal_values"]
     tokens = row["signal_tokens"] or [""] * len(values)
-    ranked = sorted(abs(v) for v in values)
-    vmax = max(ranked[int(0.99 * (len(ranked) - 1))], 1e-6)
+    from sdpo.analysis.signal_report import FULL_COLOUR_NATS
+
+    vmax = FULL_COLOUR_NATS  # the signal report's scale: full colour at this many nats
     state = {"applied": "update applied", "undone": "update undone (excluded)", "collected": "collected, no update",
              "running": "updating…", "pending": "queued"}.get(row["status"], row["status"])
     mean_abs = row.get("signal_abs_mean") or 0.0
