@@ -622,6 +622,8 @@ class OnlineSDPOTrainer:
         metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
                    for k in micro_metrics[0]}
         metrics.update(timings)
+        metrics["contexts_truncated"] = float(getattr(self, "_truncated", 0))
+        self._truncated = 0
         metrics.update(self.simulator.stats.as_metrics())
         metrics["time/step"] = time.perf_counter() - started
         metrics = self._mean_over_ranks(metrics)
