@@ -1,6 +1,7 @@
 """Micro-batch planner vs one padded batch, quiet and with a competing CPU load.
 
-Side by side in one process, on the embedded model, no gradients:
+Side by side in one process, on the embedded model (``--layers N``: its first N decoder
+layers only, for a loaded machine), no gradients:
 
 * ``naive``: the naive padded batch (``sdpo.reference.naive_hindsight_logprobs``: one
   right-padded forward per side, float32 log-softmax over every position);
@@ -103,9 +104,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--conditions", default="quiet,loaded")
     parser.add_argument("--workloads", default="uneven,even")
+    parser.add_argument("--dtype", default="auto", help="auto (mixed bf16 where fast), float32, bfloat16")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="keep only the first N decoder layers (a cheaper model of the same width)")
     args = parser.parse_args()
-    model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
+    model, tok = load_model("smollm2-135m", dtype=args.dtype, device="cpu")
     model.eval()
+    if args.layers:
+        model.model.layers = model.model.layers[: args.layers]
+        model.config.num_hidden_layers = args.layers
     loads = workloads(tok)
     for condition in args.conditions.split(","):
         stop, proc = None, None
@@ -119,7 +126,7 @@ def main() -> None:
             for name in args.workloads.split(","):
                 row = {"workload": name, "condition": condition, **bench(model, loads[name], tok.pad_token_id,
                                                                         args.repeats)}
-                row.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
+                row.update(dtype=args.dtype, layers=model.config.num_hidden_layers, torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
                            date=time.strftime("%Y-%m-%d %H:%M"), load_avg=[round(x, 2) for x in os.getloadavg()])
                 print(json.dumps(row), flush=True)
         finally:

@@ -384,7 +384,7 @@ def _vocab_size(model) -> int:
 
 
 def _forward_group(model, contexts, responses, *, pad_token_id: int, chunk_tokens: int, head_mode: str,
-                   head_fp32: bool = True):
+                   head_fp32: bool = False):
     """Log-probs of each response under its context, for one micro-batch."""
     device = _model_device(model)
     n = len(contexts)
@@ -434,7 +434,7 @@ def completion_logprobs(
     head_mode: str = "auto",
     max_groups: int | None = DEFAULT_MAX_GROUPS,
     min_saving: float = DEFAULT_MIN_SAVING,
-    head_precision: str = "float32",
+    head_precision: str = "compute",
 ) -> list[torch.Tensor]:
     """``log p(completion_t | context, completion_<t)`` for each pair, float32, one tensor each.
 
@@ -446,8 +446,10 @@ def completion_logprobs(
     per-forward overhead defaults to :func:`forward_overhead_tokens` (measured, cached).
     A model loaded with mixed precision (:func:`sdpo.models.load_model`, ``dtype=auto``
     on bf16 hardware) runs its matrix products under bf16 autocast; the log-softmax and
-    everything after it stay in float32, and with ``head_precision="float32"`` (default)
-    so does the output head's product (``compute``: the head in the model's dtype).
+    everything after it stay in float32. ``head_precision``: ``compute`` (default) runs the
+    output head's product in the compute dtype (bf16 under autocast), ``float32`` upcasts
+    it (closer to float32 scores, but ~10 % slower, and on short contexts slower than a
+    naive bf16 batch; measured in ``benchmarks/RESULTS.md``).
     """
     if len(contexts) != len(completions):
         raise ValueError("contexts and completions differ in length")
