@@ -180,7 +180,7 @@ def test_progress_bar_follows_the_stream(monkeypatch):
 
 
 def test_warnings_only_on_the_main_rank(tmp_path):
-    code = ("import warnings, sdpo.distributed as d; d.quiet_logs(); "
+    code = ("import warnings, sdpo.progress as d; d.quiet_logs(); "
             "warnings.warn('library says hello', UserWarning); print('done')")
     for rank, shown in (("0", True), ("1", False)):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

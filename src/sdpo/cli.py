@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sdpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from sdpo.distributed import quiet_logs
+    from sdpo.progress import quiet_logs
 
     quiet_logs()  # warnings once (rank 0 only under a launcher), no library banners or nested bars
     module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")

@@ -10,8 +10,8 @@ time another 10 % is done or a minute has passed, and one at the end.
 :func:`quiet_library_output` is called once by the ``sdpo`` command: transformers'
 "Writing model shards" bars (one per save, nested inside ours) are silenced, its other
 bars are kept in a terminal and, in a log file, print only when they take over a minute
-(loading a large model), and DeepSpeed is told the accelerator when there is
-no GPU (otherwise it announces "Setting accelerator to CPU" in the middle of the bar).
+(loading a large model), and DeepSpeed's "Setting accelerator to CPU" (printed in
+the middle of the bar on a machine without a GPU) is dropped.
 :func:`quiet_trackio` replaces trackio's six-line banner by one line of ours.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shlex
 import sys
@@ -200,22 +201,53 @@ def _transformers_bar(factory, args, kwargs):
     return factory(*args, **kwargs)
 
 
-def quiet_library_output() -> None:
-    """See the module doc; safe to call more than once."""
-    if "DS_ACCELERATOR" not in os.environ:
-        try:
-            import torch
+def _hook_transformers(logging_module) -> None:
+    if hasattr(logging_module, "set_tqdm_hook"):
+        logging_module.set_tqdm_hook(_transformers_bar)
 
-            if not torch.cuda.is_available():
-                os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick, without its warning
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return
-    if hasattr(hf_logging, "set_tqdm_hook"):
-        hf_logging.set_tqdm_hook(_transformers_bar)
+
+class _AfterImport:
+    """Runs a callback on a module right after its first import (so the ``sdpo`` command does not import
+    transformers itself just to configure it: ``sdpo personas`` stays fast)."""
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run, callback = loader.exec_module, self.callback
+
+        def exec_module(module):
+            run(module)
+            callback(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+class _DropCpuGuess(logging.Filter):
+    def filter(self, record):  # DeepSpeed's "Setting accelerator to CPU. If you have GPU ..." (it found none)
+        return not str(record.getMessage()).startswith("Setting accelerator to CPU")
+
+
+def quiet_library_output() -> None:
+    """See the module doc; safe to call more than once; imports neither torch nor transformers."""
+    deepspeed_logger = logging.getLogger("DeepSpeed")  # the logger DeepSpeed configures when imported
+    if not any(isinstance(f, _DropCpuGuess) for f in deepspeed_logger.filters):
+        deepspeed_logger.addFilter(_DropCpuGuess())
+    name = "transformers.utils.logging"
+    if name in sys.modules:
+        _hook_transformers(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, _hook_transformers))
 
 
 @contextlib.contextmanager
@@ -254,3 +286,43 @@ def quiet_trackio(trackio_module=None):
     trackio_module.init, trackio_module.finish = init, finish
     trackio_module._sdpo_quiet = True
     return trackio_module
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 of a launch (or not launched at all); read from the environment, so it
+    works before any process group exists."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")).strip() in ("", "0")
+
+
+def quiet_logs() -> None:
+    """Called once by the ``sdpo`` command before any work.
+
+    * Under a launcher (``WORLD_SIZE>1``) only rank 0 prints Python warnings and library
+      warnings/info (otherwise each appears once per rank); errors still show everywhere.
+    * Third-party progress/banners are tamed (:func:`sdpo.progress.quiet_library_output`).
+    """
+    import warnings
+
+    quiet_library_output()
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the sdpo package
+    library_format = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        # a warning our own code raises for the user (a cut context, skipped checkpoints) is one plain line,
+        # without our source file and line
+        if os.path.abspath(filename).startswith(ours) and category is UserWarning:
+            return f"warning: {message}\n"
+        return library_format(message, category, filename, lineno, line)
+
+    if not getattr(warnings.formatwarning, "_sdpo", False):
+        one_line._sdpo = True
+        warnings.formatwarning = one_line
+    if main_process():
+        return
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for name in ("transformers", "datasets", "accelerate", "DeepSpeed", "torch.distributed", "trackio"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers.utils.logging" in sys.modules:  # otherwise TRANSFORMERS_VERBOSITY applies at its import
+        sys.modules["transformers.utils.logging"].set_verbosity_error()
