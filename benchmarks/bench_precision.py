@@ -16,11 +16,13 @@ Sections (``--sections``, comma list; each prints one JSON line):
   per-token log-probs and signals, and their correlations;
 * ``update``: one AdamW step at the online trainer's learning rate on bf16 parameters
   vs float32 master weights: the share of the step's intended change that survives;
+* ``optimizer``: seconds per AdamW step on the embedded model's parameters, for-loop
+  vs foreach vs fused;
 * ``step``: one online SDPO step as the trainer does it (generate 4 responses x 64
   tokens, score student with gradients + teacher, loss, backward, clip, AdamW step),
   ``before`` (float32, for-loop AdamW) vs ``after`` (``--dtype auto``: mixed bf16, fused AdamW).
 
-    python benchmarks/bench_precision.py --sections peaks,signal,update,step --repeats 2
+    python benchmarks/bench_precision.py --sections peaks,signal,update,optimizer,step --repeats 2
 """
 
 from __future__ import annotations
@@ -147,6 +149,29 @@ def update_section(base, lr: float = 5e-6) -> dict:
     return out
 
 
+def optimizer_section(base, repeats: int) -> dict:
+    """Seconds per AdamW step on the model's float32 parameters: for-loop, foreach, fused."""
+    model = copy.deepcopy(base).float()
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    opts = {name: torch.optim.AdamW(params, lr=1e-5, **kw) for name, kw in
+            (("forloop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True}))}
+    for opt in opts.values():
+        opt.step()  # state allocation
+    times = {name: [] for name in opts}
+    for r in range(max(3, repeats)):
+        for name in (list(opts) if r % 2 == 0 else list(opts)[::-1]):
+            start = time.perf_counter()
+            opts[name].step()
+            times[name].append(time.perf_counter() - start)
+    row = {"section": "optimizer", "parameters": sum(p.numel() for p in params)}
+    row.update({f"{name}_s": round(statistics.median(t), 4) for name, t in times.items()})
+    row["fused_speedup_vs_forloop"] = round(row["forloop_s"] / row["fused_s"], 2)
+    return row
+
+
 def _step(model, tok, opt, prompts, max_new_tokens):
     from sdpo.generation import hf_generate
     from sdpo.losses import advantage_pg_loss
@@ -203,7 +228,7 @@ def step_section(base, tok, repeats: int, max_new_tokens: int = 64) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="peaks,signal,update,step")
+    parser.add_argument("--sections", default="peaks,signal,update,optimizer,step")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--matmul-n", type=int, default=1024)
     args = parser.parse_args()
@@ -218,6 +243,8 @@ def main() -> None:
               flush=True)
     if "update" in sections:
         print(json.dumps({**update_section(base), **_meta()}), flush=True)
+    if "optimizer" in sections:
+        print(json.dumps({**optimizer_section(base, args.repeats), **_meta()}), flush=True)
     if "step" in sections:
         print(json.dumps({**step_section(base, tok, args.repeats), **_meta()}), flush=True)
 
