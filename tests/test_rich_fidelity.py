@@ -1,4 +1,4 @@
-"""Rich-feedback SDPO against the references (lasgroup/SDPO, sdpo-rl), see docs/fidelity/rich.md.
+"""Rich-feedback SDPO against the references (lasgroup/SDPO, sdpo-rl), see docs/FIDELITY.md.
 
 The loss the trainer computes (``SDPOTrainer._compute_self_distillation_loss``, called
 on random logits) is compared with a float64 transcription of lasgroup/SDPO's

@@ -1,6 +1,6 @@
 """SPO formulas and defaults against float64 transcriptions of causalml/spo's math
 (ultrafeedback/src/spo/training/{rspo,pspo,ospo,trainer}.py, utils/isotonic.py,
-eval/generate.py; synthetic/spo_sim/*). See docs/fidelity/spo.md."""
+eval/generate.py; synthetic/spo_sim/*). See docs/FIDELITY.md."""
 
 import math
 

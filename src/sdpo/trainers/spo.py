@@ -3,7 +3,7 @@
 All four methods see the same index per preference pair,
 ``t = [log pi(y1) - log pi_ref(y1)] - [log pi(y0) - log pi_ref(y0)]`` (sequence
 log-probs, no beta), and differ in the link ``P(z = 1 | t)`` they assume. The defaults
-are those of causalml/spo (``ultrafeedback/src/spo/training``); see docs/fidelity/spo.md.
+are those of causalml/spo (``ultrafeedback/src/spo/training``); see docs/FIDELITY.md.
 
 - ``dpo``: the logistic link, loss ``-log sigmoid((2z - 1) t)``.
 - ``pspo`` (profiled): an isotonic fit (PAVA) of ``z`` on ``t`` over the *whole*
