@@ -77,3 +77,13 @@ def launch_two_processes(launcher_args, command, port):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    """Eight TL;DR prompts from the bundled sample, as a prompts JSONL file (online-trainer tests)."""
+    from sdpo.data.prompt_sources import load_prompt_rows, prepare_tldr
+    from sdpo.data.prompts import write_prompts
+
+    train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
+    return write_prompts(train[:8], tmp_path_factory.mktemp("prompts") / "train.jsonl")

@@ -12,18 +12,11 @@ from safetensors.torch import load_file
 from sdpo.cli import main
 from tests.conftest import SHARDED_LAUNCH, SHARDED_SCRIPT, launch_two_processes, max_weight_diff
 from sdpo.data.prompt_sources import load_prompt_rows, prepare_helpsteer2, prepare_tldr
-from sdpo.data.prompts import write_prompts
 from sdpo.losses import advantage_pg_loss
 from sdpo.reference import reference_logprobs
 from sdpo.signal import encode_examples, hindsight_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
-    return write_prompts(train[:8], tmp_path_factory.mktemp("prompts") / "train.jsonl")
 
 
 def _args(prompts_file, out, *extra):

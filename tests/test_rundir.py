@@ -17,16 +17,8 @@ from safetensors.torch import load_file
 
 from sdpo import rundir
 from sdpo.cli import main
-from sdpo.data.prompt_sources import load_prompt_rows, prepare_tldr
-from sdpo.data.prompts import write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
-    return write_prompts(train[:8], tmp_path_factory.mktemp("prompts") / "train.jsonl")
 
 
 def _args(prompts_file, out, *extra):
