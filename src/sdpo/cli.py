@@ -115,7 +115,10 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str], descripti
         fields = {f.name for f in dataclasses.fields(dataclass_type)}
         parser.set_defaults(**_load_yaml(config_path, fields))
     # the leftover namespace (holding --config) comes back after the dataclass
-    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as err:  # a config's own check (__post_init__): an impossible number, an unknown choice
+        raise UsageError(str(err)) from None
     remaining = parsed[-1]
     if remaining:
         known = [opt for action in parser._actions for opt in action.option_strings]
@@ -324,4 +327,8 @@ def _is_user_error(err: Exception) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m sdpo.cli`: run the imported module's main, so that the error classes the commands raise
+    # (imported from sdpo.cli) are the ones it catches, not this __main__ copy's
+    from sdpo.cli import main as _main
+
+    sys.exit(_main())

@@ -100,6 +100,16 @@ class OfflineSDPOConfig(TrainingArguments):
             self.use_cpu = True
         if self.run_name is None:
             self.run_name = Path(self.output_dir).name  # the tracker's run is named after the output folder
+        # impossible numbers: one line before anything loads (TrainingArguments would accept most of them)
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_context_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1: epochs decide), got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
         if "bnb" in str(self.optim) or "8bit" in str(self.optim):
             import importlib.util
 
