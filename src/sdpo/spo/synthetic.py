@@ -228,18 +228,22 @@ def format_table(summary: list[dict], budget: float) -> str:
     return "\n".join(lines)
 
 
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields or list(dict.fromkeys(k for r in rows for k in r)))  # first-seen order
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_summary(result: dict, out_dir: Path) -> None:
+    _write_csv(out_dir / "summary.csv", result["summary"])
+    (out_dir / "summary.json").write_text(json.dumps({k: result[k] for k in ("config", "cells", "summary")}, indent=2))
+
+
 def write_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "curves.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["curves"][0]))
-        w.writeheader()
-        w.writerows(result["curves"])
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        fields = list(dict.fromkeys(k for r in result["summary"] for k in r))  # first-seen order
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result["summary"])
-    (out_dir / "summary.json").write_text(json.dumps({k: result[k] for k in ("config", "cells", "summary")}, indent=2))
+    _write_csv(out_dir / "curves.csv", result["curves"], list(result["curves"][0]))
+    _write_summary(result, out_dir)
     plot_pareto(result, out_dir / "pareto.png")
 
 
@@ -605,16 +609,9 @@ def format_reference_table(summary: list[dict], cfg: ReferenceDesignConfig) -> s
 
 def write_reference_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.csv", "w", newline="") as f:  # the reference's per-run CSV columns
-        w = csv.DictWriter(f, fieldnames=["seed", "n", "s", "tau", "method", "beta", "avg_reward", "avg_kl"])
-        w.writeheader()
-        w.writerows(result["curves"])
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        fields = list(dict.fromkeys(k for r in result["summary"] for k in r))
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result["summary"])
-    (out_dir / "summary.json").write_text(json.dumps({k: result[k] for k in ("config", "cells", "summary")}, indent=2))
+    _write_csv(out_dir / "results.csv", result["curves"],  # the reference's per-run CSV columns
+               ["seed", "n", "s", "tau", "method", "beta", "avg_reward", "avg_kl"])
+    _write_summary(result, out_dir)
     plot_reference(result, out_dir / "reward_vs_s.png")
 
 
