@@ -59,16 +59,18 @@ resolve_world_size() {
 }
 
 # launch_cmd WORLD_SIZE: the launcher prefix for an sdpo subcommand.
-# WORLD_SIZE=1 runs sdpo directly; more goes through accelerate with ACCELERATE_CONFIG
+# WORLD_SIZE=1 runs sdpo directly; more goes through accelerate (python -m sdpo.launch) with ACCELERATE_CONFIG
 # (default configs/accelerate/multi_gpu.yaml) and --num_processes WORLD_SIZE.
 launch_cmd() {
   local world="$1"
   if [[ "$world" -le 1 ]]; then
     LAUNCH=("$SDPO_BIN")
   else
-    local accelerate_bin="accelerate"
-    [[ -x "$REPO_ROOT/.venv/bin/accelerate" ]] && accelerate_bin="$REPO_ROOT/.venv/bin/accelerate"
-    LAUNCH=("$accelerate_bin" launch --config_file "${ACCELERATE_CONFIG:-$REPO_ROOT/configs/accelerate/multi_gpu.yaml}"
+    # python -m sdpo.launch = accelerate launch, but a failing rank's one-line error is printed last
+    # and once, without the launcher's traceback
+    local python_bin="python"
+    [[ -x "$REPO_ROOT/.venv/bin/python" ]] && python_bin="$REPO_ROOT/.venv/bin/python"
+    LAUNCH=("$python_bin" -m sdpo.launch --config_file "${ACCELERATE_CONFIG:-$REPO_ROOT/configs/accelerate/multi_gpu.yaml}"
             --num_processes "$world" -m sdpo.cli)
   fi
 }

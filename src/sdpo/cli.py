@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"sdpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        _error(f"sdpo: unknown command {name!r}", f"\n\n{_usage()}")
         return 2
     from sdpo.progress import quiet_logs
 
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(usage)
                 return 0
             what = f"unknown step {rest[0]!r}" if rest else "missing step"
-            print(f"sdpo {name}: error: {what}\n\n{usage}", file=sys.stderr)
+            _error(f"sdpo {name}: error: {what}", f"\n\n{usage}")
             return 2
         sub, rest = rest[0], rest[1:]
         arguments, sub_run, summary = subcommands[sub]
@@ -269,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parse_command_args(name, arguments, rest, description=summary)
             return _finished(sub_run(args))
         except UsageError as err:
-            print(f"sdpo {name} {sub}: error: {err}", file=sys.stderr)
+            _error(f"sdpo {name} {sub}: error: {err}")
             return 2
         except Exception as err:
             if _is_user_error(err):
-                print(f"sdpo {name} {sub}: error: {err}", file=sys.stderr)
+                _error(f"sdpo {name} {sub}: error: {err}")
                 return 2
             raise
     run: Callable = module.run
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_command_args(name, module.ARGUMENTS, rest)
         return _finished(run(args))
     except UsageError as err:
-        print(f"sdpo {name}: error: {err}", file=sys.stderr)
+        _error(f"sdpo {name}: error: {err}")
         return 2
     except BrokenPipeError:  # e.g. `sdpo signal ... | head`
         import os
@@ -296,9 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:  # errors we raise for bad input carry their own message
         if _is_user_error(err):
-            print(f"sdpo {name}: error: {err}", file=sys.stderr)
+            _error(f"sdpo {name}: error: {err}")
             return 2
         raise
+
+
+def _error(line: str, more: str = "") -> None:
+    """Print a user error (one line, then ``more``), or hand the line to ``sdpo.launch``, which prints
+    it once, after the other ranks have stopped, as the last thing the user sees."""
+    from sdpo.launch import report_rank_error
+
+    if not report_rank_error(line):
+        print(line + more, file=sys.stderr)
 
 
 def _finished(code) -> int:
