@@ -336,3 +336,85 @@ def test_offline_used_dir_refuses_and_resume_skips_an_incomplete_checkpoint(reco
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
             if "loss" in json.loads(line)] == [1]
+
+
+# ---------------------------------------------------------------------------- full disk
+FULL_DISK_DRIVER = r'''
+import json, os, shlex, shutil, subprocess, sys
+from pathlib import Path
+
+disk, args = Path(sys.argv[1]), json.loads(sys.argv[2])
+out = disk / "run"
+cli = [sys.executable, "-m", "sdpo.cli", *args, "--output_dir", str(out), "--save_steps", "1", "--save_total_limit", "1"]
+
+def run(cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return {"rc": done.returncode, "stderr": done.stderr}
+
+first = run([*cli, "--max_steps", "1"])
+size = sum(f.stat().st_size for f in (out / "checkpoint-1").rglob("*") if f.is_file())
+ballast = disk / "ballast"
+with open(ballast, "wb") as fh:  # leave room for half a checkpoint
+    left = shutil.disk_usage(disk).free - size // 2
+    while left > 0:
+        n = min(left, 1 << 20)
+        fh.write(b"\0" * n)
+        left -= n
+full = run([*cli, "--max_steps", "3", "--resume_from_checkpoint", "last"])
+after_full = sorted(p.name for p in out.iterdir())
+ballast.unlink()  # the user frees space, then runs the command the error printed
+line = full["stderr"].strip().splitlines()[-1] if full["stderr"].strip() else ""
+again = run(shlex.split(line.split("run again: ", 1)[1])) if "run again: " in line else {"rc": None, "stderr": ""}
+metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+print(json.dumps({"first": first, "full": full, "after_full": after_full, "again": again,
+                  "steps": [m["step"] for m in metrics if "loss" in m],
+                  "final": sorted(p.name for p in out.glob("checkpoint-*"))}))
+'''
+
+
+def _full_disk_run(tmp_path, args):
+    import shutil as _shutil
+
+    bwrap = _shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap is not installed (needed for a small tmpfs in a mount namespace)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = subprocess.run([bwrap, "--dev-bind", "/", "/", "--size", "1000000", "--tmpfs", str(disk), "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this machine does not allow a tmpfs in a mount namespace: {probe.stderr.strip()}")
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    done = subprocess.run([bwrap, "--dev-bind", "/", "/", "--size", str(120 * 2**20), "--tmpfs", str(disk),
+                           sys.executable, str(driver), str(disk), json.dumps(args)],
+                          capture_output=True, text=True, timeout=1200, env=_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _check_full_disk(result):
+    assert result["first"]["rc"] == 0, result["first"]["stderr"][-2000:]
+    full = result["full"]
+    assert full["rc"] == 2, full["stderr"][-3000:]
+    last = full["stderr"].strip().splitlines()[-1]
+    assert last.startswith("sdpo train-") and "no space left on the device while writing checkpoint-2" in last, last
+    assert "Traceback" not in full["stderr"], full["stderr"][-3000:]
+    assert "checkpoint-1" in last and "--resume_from_checkpoint last" in last
+    # nothing half-written that resume would pick: only the complete checkpoint-1
+    assert [n for n in result["after_full"] if n.startswith("checkpoint-")] == ["checkpoint-1"]
+    assert result["again"]["rc"] == 0, result["again"]["stderr"][-3000:]
+    assert result["steps"] == [1, 2, 3] and result["final"] == ["checkpoint-3"]
+
+
+def test_full_disk_during_an_online_save_is_one_line_and_resume_works(prompts_file, tmp_path):
+    args = _args(prompts_file, "unused")
+    args = args[: args.index("--output_dir")] + args[args.index("--output_dir") + 2:]
+    _check_full_disk(_full_disk_run(tmp_path, args))
+
+
+def test_full_disk_during_an_offline_save_is_one_line_and_resume_works(records_file, tmp_path):
+    args = ["train-offline", "--train_jsonl", str(records_file), "--model_name_or_path", "tiny-random",
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
+            "--disable_tqdm", "true", "--seed", "0", "--report_to", "none"]
+    _check_full_disk(_full_disk_run(tmp_path, args))

@@ -260,6 +260,39 @@ def rotate_checkpoints(run_dir: str | os.PathLike, limit: int | None) -> list[Pa
     return removed
 
 
+def is_disk_full(err: BaseException, path: str | os.PathLike) -> bool:
+    """Did ``err`` (raised while writing under ``path``) come from a full disk or quota?
+
+    ``OSError`` says so with its errno; safetensors puts the OS message in its text; torch's zip
+    writer only reports a short write (``unexpected pos``), so for that one the free space is checked."""
+    import errno
+
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    text = str(err)
+    if "No space left" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+        return True
+    if isinstance(err, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter" in text
+                                          or "file write failed" in text):
+        probe = Path(path)
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            return shutil.disk_usage(probe).free < 16 * 2**20
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(run_dir: str | os.PathLike, what: str) -> RunDirError:
+    """The one line for a save that ran out of space: what was lost, what is kept, how to go on."""
+    kept = complete_checkpoints(run_dir, warn=False)
+    where = f"the last complete checkpoint, {kept[-1]}, is kept" if kept else "no complete checkpoint was written yet"
+    return RunDirError(f"no space left on the device while writing {what} (removed); {where}; free space in "
+                       f"{run_dir} and run again: {resume_command() if kept else restart_command()}")
+
+
 def remove_temporary(run_dir: str | os.PathLike) -> None:
     for child in Path(run_dir).glob(f"checkpoint-*{TEMP_SUFFIX}"):
         if child.is_dir():

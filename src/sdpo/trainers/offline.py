@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -370,6 +371,26 @@ def learning_rate_note(config: TrainingArguments, n_records: int) -> str | None:
     return None
 
 
+@contextmanager
+def _disk_full_is_one_line(output_dir: str, what: str):
+    """A save that runs out of space: the half-written checkpoint goes (``Trainer`` writes
+    ``trainer_state.json`` last, so it is the one without it) and the error is one line that says what
+    is kept and how to go on; any other error passes through unchanged."""
+    import shutil
+
+    from sdpo import rundir
+
+    try:
+        yield
+    except Exception as err:
+        if not rundir.is_disk_full(err, output_dir):
+            raise
+        partial = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and not rundir.is_complete(p)]
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+        raise rundir.disk_full_error(output_dir, ", ".join(p.name for p in partial) or what) from None
+
+
 def train_offline(config: OfflineSDPOConfig, **kwargs):
     """Train as ``config`` says, holding ``output_dir`` for the run (:func:`sdpo.rundir.claim`: locked,
     a used directory refused unless resuming or ``overwrite_output_dir``)."""
@@ -401,9 +422,11 @@ def _train_offline(config: OfflineSDPOConfig, **kwargs):
 
         quiet_trackio()  # one line instead of trackio's banner
     consolidate_zero3_saves(trainer.accelerator)
-    trainer.train(resume_from_checkpoint=resume)
+    with _disk_full_is_one_line(config.output_dir, "a checkpoint"):
+        trainer.train(resume_from_checkpoint=resume)
     full_state_dict_for_final_save(trainer.accelerator)
-    trainer.save_model(config.output_dir)
+    with _disk_full_is_one_line(config.output_dir, "the final model"):
+        trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         settings = {k: v for k, v in asdict(config).items() if "token" not in k.lower() or k.endswith("_tokens")}
         (Path(config.output_dir) / "sdpo_config.json").write_text(json.dumps(settings, indent=1, default=str))

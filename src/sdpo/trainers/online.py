@@ -416,7 +416,6 @@ class OnlineSDPOTrainer:
         ``accelerate_state/`` (optimizer, RNG; the model too only under LoRA, DeepSpeed or FSDP, whose
         own formats accelerate writes). Written under ``checkpoint-<step>.tmp`` and renamed when every
         rank has finished, so ``last`` never picks a half-written checkpoint."""
-        import errno
         import shutil
 
         from sdpo import rundir
@@ -442,13 +441,11 @@ class OnlineSDPOTrainer:
                 (tmp / rundir.STATE_NAME).write_text(json.dumps(state))  # written last: marks it complete
                 rundir.commit_checkpoint(tmp, final)
                 rundir.rotate_checkpoints(out, cfg.save_total_limit)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
+        except Exception as err:  # a full disk: torch's writer raises RuntimeError, safetensors its own error
+            if not rundir.is_disk_full(err, tmp):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-            raise rundir.RunDirError(f"no space left on the device while writing {final}; the last complete "
-                                     f"checkpoint is kept, free space and resume with --resume_from_checkpoint "
-                                     f"last") from None
+            raise rundir.disk_full_error(out, final.name) from None
         acc.wait_for_everyone()
         return final
 
