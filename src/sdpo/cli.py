@@ -120,6 +120,8 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str], descripti
     except ValueError as err:  # a config's own check (__post_init__): an impossible number, an unknown choice
         raise UsageError(str(err)) from None
     remaining = parsed[-1]
+    if not remaining:
+        check_number_rules(parsed[0])
     if remaining:
         known = [opt for action in parser._actions for opt in action.option_strings]
         unknown = [a for a in remaining if a.startswith("-")] or remaining
@@ -129,6 +131,48 @@ def parse_command_args(name: str, dataclass_type, argv: Sequence[str], descripti
             hints.append(f"{arg} (did you mean {' or '.join(close)}?)" if close else arg)
         raise UsageError(f"unrecognized option(s): {', '.join(hints)}; see sdpo {name} --help")
     return parsed[0]
+
+
+# NUMBER_RULES on an arguments dataclass: field -> rule; checked right after parsing, before any work
+_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    ">=1": (lambda v: v >= 1, ">= 1"),
+    ">=2": (lambda v: v >= 2, ">= 2"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    ">0": (lambda v: v > 0, "> 0"),
+    "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "(0,0.5)": (lambda v: 0 < v < 0.5, "in (0, 0.5)"),
+}
+
+
+def check_number_rules(args) -> None:
+    """Impossible numbers and unusable output paths are one line naming the option, before a model loads.
+
+    ``type(args).NUMBER_RULES`` maps a field to a rule of ``_RULES``; ``"|None"`` after the rule lets
+    the field be unset. NaN fails every rule. ``OUTPUT_DIRS`` / ``OUTPUT_FILES`` name fields that are
+    written to: a directory may not be a file and must be creatable and writable; a file may not be a
+    directory and its folder must be creatable and writable."""
+    from sdpo.rundir import check_output_path
+
+    for name in getattr(type(args), "OUTPUT_DIRS", ()):
+        if getattr(args, name, None):
+            check_output_path(getattr(args, name), name)
+    for name in getattr(type(args), "OUTPUT_FILES", ()):
+        value = getattr(args, name, None)
+        if value:
+            if Path(value).is_dir():
+                raise UsageError(f"--{name} {value} is a directory; give a file name")
+            check_output_path(Path(value).parent if str(Path(value).parent) else ".", name)
+    for name, rule in (getattr(type(args), "NUMBER_RULES", None) or {}).items():
+        value = getattr(args, name)
+        base, _, optional = rule.partition("|")
+        if value is None and optional == "None":
+            continue
+        ok, text = _RULES[base]
+        if value is None or isinstance(value, bool) or not ok(value):
+            unset = " (or leave it unset)" if optional == "None" else ""
+            raise UsageError(f"--{name}: must be {text}{unset}, got {value}")
 
 
 # What people type for an option we spell out (each is suggested only where the command has it).

@@ -43,6 +43,10 @@ class EvalArguments:
     output_dir: str | None = field(default=None, metadata={"help": "default <run_dir>/eval"})
 
 
+EvalArguments.NUMBER_RULES = {'judge_concurrency': '>=1', 'judge_max_retries': '>=0', 'judge_timeout': '>0', 'judge_retry_backoff': '>=0', 'eval_n': '>=1', 'max_new_tokens': '>=1', 'max_prompt_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
+EvalArguments.OUTPUT_DIRS = ('output_dir',)
+
+
 ARGUMENTS = EvalArguments
 POSITIONAL = "what"
 

@@ -47,6 +47,10 @@ class SignalArguments:
     output: str | None = field(default=None, metadata={"help": "also write the JSON result to this file"})
 
 
+SignalArguments.NUMBER_RULES = {'max_context_tokens': '>=1', 'batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+SignalArguments.OUTPUT_FILES = ('output',)
+
+
 ARGUMENTS = SignalArguments
 
 

@@ -41,6 +41,10 @@ class SignalAnalysisArguments:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
 
 
+SignalAnalysisArguments.NUMBER_RULES = {'n_cases': '>=1', 'max_context_tokens': '>=1', 'max_heatmap_tokens': '>=1', 'batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+SignalAnalysisArguments.OUTPUT_DIRS = ('out_dir',)
+
+
 ARGUMENTS = SignalAnalysisArguments
 
 

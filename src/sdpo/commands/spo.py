@@ -67,10 +67,16 @@ class SyntheticArguments:
     rspo_pairs: str = field(default="all")
 
 
-def _ints(text: str, name: str) -> list[int]:
+SyntheticArguments.NUMBER_RULES = {'kl_budget': '>=0', 'batch_size': '>=1', 'learning_rate': '>=0', 'd': '>=1', 'k': '>=2', 'nu': '>0', 'm': '>=1', 'epochs': '>=1', 'pspo_outer': '>=1', 'pspo_inner': '>=1', 'pspo_warm': '>=0', 'ospo_mem': '>=0', 'ospo_bandwidth': '>0', 'ospo_warm': '>=0', 'ci_z': '>0', 'contexts': '>=1', 'actions': '>=2', 'steps': '>=1', 'refit_every': '>=1', 'memory_size': '>=1', 'blend': '[0,1]', 'smoothing': '>=0', 'bandwidth': '>0'}  # checked by sdpo.cli.check_number_rules
+SyntheticArguments.OUTPUT_DIRS = ('output_dir',)
+
+
+def _ints(text: str, name: str, minimum: int | None = None) -> list[int]:
     values = P._floats(text, name)
     if any(v != int(v) for v in values):
         raise ValueError(f"--{name}: expected integers, got {text!r}")
+    if minimum is not None and any(v < minimum for v in values):
+        raise ValueError(f"--{name}: every value must be >= {minimum}, got {text!r}")
     return [int(v) for v in values]
 
 
@@ -86,11 +92,11 @@ def run_synthetic(a: SyntheticArguments) -> int:
             raise ValueError(f"--iso_expand must be points or knots, got {a.iso_expand!r}")
         d = syn.ReferenceDesignConfig()
         cfg = syn.ReferenceDesignConfig(
-            seeds=tuple(_ints(a.seeds, "seeds")) if a.seeds else d.seeds,
-            n_grid=tuple(_ints(a.n, "n")) if a.n else d.n_grid,
+            seeds=tuple(_ints(a.seeds, "seeds", 0)) if a.seeds else d.seeds,
+            n_grid=tuple(_ints(a.n, "n", 1)) if a.n else d.n_grid,
             s_grid=tuple(P._floats(a.shifts, "shifts")) if a.shifts else d.s_grid,
             tau_grid=tuple(P._floats(a.temperature, "temperature")) if a.temperature else d.tau_grid,
-            methods=methods, d=a.d, k=a.k, nu=a.nu, m=a.m, hidden=tuple(_ints(a.hidden, "hidden")), epochs=a.epochs,
+            methods=methods, d=a.d, k=a.k, nu=a.nu, m=a.m, hidden=tuple(_ints(a.hidden, "hidden", 1)), epochs=a.epochs,
             batch_size=a.batch_size, lr=a.learning_rate or d.lr, kappa=a.kl_budget or d.kappa,
             pspo_outer=a.pspo_outer, pspo_inner=a.pspo_inner, pspo_warm=a.pspo_warm, iso_expand=a.iso_expand,
             ospo_mem=a.ospo_mem, ospo_bandwidth=a.ospo_bandwidth, ospo_warm=a.ospo_warm, ci_z=a.ci_z)
@@ -99,14 +105,14 @@ def run_synthetic(a: SyntheticArguments) -> int:
         print(syn.format_reference_table(result["summary"], cfg))
         print(f"== {out}/summary.csv, results.csv, reward_vs_s.png")
         return 0
-    n = _ints(a.n, "n") if a.n else [2000]
+    n = _ints(a.n, "n", 1) if a.n else [2000]
     tau = P._floats(a.temperature, "temperature") if a.temperature else [1.0]
     if len(n) != 1 or len(tau) != 1:
         raise ValueError("--design ours takes one value of --n and of --temperature")
     cfg = syn.SyntheticConfig(
         contexts=a.contexts, actions=a.actions, n_pairs=n[0], steps=a.steps, batch_size=a.batch_size,
         learning_rate=a.learning_rate or 0.05, shifts=tuple(P._floats(a.shifts or "0,1,2,3", "shifts")),
-        temperature=tau[0], seeds=tuple(_ints(a.seeds, "seeds")) if a.seeds else 5, methods=methods,
+        temperature=tau[0], seeds=tuple(_ints(a.seeds, "seeds", 0)) if a.seeds else 5, methods=methods,
         kl_budget=a.kl_budget or 0.25, refit_every=a.refit_every, memory_size=a.memory_size, blend=a.blend,
         smoothing=a.smoothing, bandwidth=a.bandwidth, bandwidth_rule=a.bandwidth_rule, pspo_fit=a.pspo_fit,
         pspo_link=a.pspo_link, rspo_pairs=a.rspo_pairs,

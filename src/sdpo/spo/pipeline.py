@@ -120,6 +120,10 @@ class GenerateArguments:
     batch_size: int = field(default=8)
 
 
+GenerateArguments.NUMBER_RULES = {'num_samples': '>=1', 'link_temperature': '>0', 'gen_max_new_tokens': '>=1', 'max_prompt_length': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+GenerateArguments.OUTPUT_FILES = ('output',)
+
+
 def _load_prompts(args: GenerateArguments) -> list[str]:
     import datasets
 
@@ -252,6 +256,10 @@ class TrainArguments:
     ospo_orient: bool = field(default=False, metadata={"help": "OSPO: orient the index by cov(t, z) in memory while training"})
     min_fit_points: int = field(default=0, metadata={"help": "OSPO/memory-PSPO: logistic loss until this many pairs are remembered"})
     rspo_pairs: str = field(default="all", metadata={"help": "RSPO: 'all' B^2 pairs incl. i=j, or 'upper' (i<j)"})
+
+
+TrainArguments.NUMBER_RULES = {'max_steps': '>=1', 'learning_rate': '>0', 'batch_size': '>=1', 'grad_accum_steps': '>=1', 'weight_decay': '>=0', 'warmup_steps': '>=0', 'max_grad_norm': '>=0', 'max_prompt_length': '>=1', 'max_response_length': '>=1', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)', 'refit_every': '>=1', 'soft_tau': '>0', 'link_clip': '(0,0.5)', 'smoothing': '>=0', 'blend': '[0,1]', 'memory_size': '>=1', 'bandwidth': '>0', 'min_fit_points': '>=0'}  # checked by sdpo.cli.check_number_rules
+TrainArguments.OUTPUT_DIRS = ('output_dir',)
 
 
 def read_preferences(path: str) -> list[dict]:
@@ -440,6 +448,10 @@ class EvaluateArguments:
     seed: int = field(default=123)
 
 
+EvaluateArguments.NUMBER_RULES = {'eval_samples': '>=1', 'eval_batch_size': '>=1', 'eval_max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_prompt_length': '>=1'}  # checked by sdpo.cli.check_number_rules
+EvaluateArguments.OUTPUT_FILES = ('output',)
+
+
 def _load_policy(model_id: str):
     """A trained folder (full weights or a LoRA adapter on its base) or any model id."""
     from ..models import load_model
@@ -623,6 +635,10 @@ class GridArguments:
     dry_run: bool = field(default=False, metadata={"help": "print the cells and their commands; run nothing"})
 
 
+GridArguments.NUMBER_RULES = {'workers_per_gpu': '>=1', 'link_temperature': '>0', 'max_steps': '>=1', 'learning_rate': '>0', 'batch_size': '>=1', 'grad_accum_steps': '>=1', 'max_prompt_length': '>=1', 'max_response_length': '>=1', 'gen_max_new_tokens': '>=1', 'gen_batch_size': '>=1', 'eval_max_new_tokens': '>=1', 'eval_samples': '>=1', 'eval_batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+GridArguments.OUTPUT_DIRS = ('grid_dir',)
+
+
 def _cell_commands(a: GridArguments, seed: int, shift: float, n: int, method: str) -> tuple[Path, list[list[str]]]:
     root = Path(a.grid_dir)
     prefs = root / "preferences" / f"prefs_seed{seed}_shift{shift:g}_n{n}.jsonl"
@@ -739,6 +755,10 @@ class AnalyzeArguments:
     kl_budget: float = field(default=0.5, metadata={"help": "KL at which rewards are compared (reference kappa 0.5; "
                                                               "0: the median KL of all rows)"})
     ci_z: float = field(default=1.64, metadata={"help": "interval half-width in standard errors (1.64: 90%, as the reference)"})
+
+
+AnalyzeArguments.NUMBER_RULES = {'kl_budget': '>=0', 'ci_z': '>0'}  # checked by sdpo.cli.check_number_rules
+AnalyzeArguments.OUTPUT_DIRS = ('output_dir',)
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float:
