@@ -59,3 +59,32 @@ def test_simulator_uses_the_given_sampler_and_batch_size(tiny):
     calls.clear()
     sim.followups_with(["a", "b", "c"], ["x", "y", "z"], sampler=sampler, batch_size=1)
     assert [c[0] for c in calls] == [1, 1, 1] and sim.batch_size == 2 and sim.sampler is None
+
+
+def test_local_simulator_fits_its_context_keeping_instructions_request_and_answer_ends(tiny):
+    model, tok = tiny
+    seen = []
+
+    def sampler(model, tokenizer, contexts, *, max_new_tokens, temperature):
+        seen.extend(contexts)
+        return [tok("ok", add_special_tokens=False)["input_ids"]] * len(contexts)
+
+    short = StyleUserSimulator("no_emojis", model=model, tokenizer=tok, sampler=sampler, max_context_tokens=400)
+    full = short.fitted_context("What is 2+2?", "Four.")
+    assert short.fitted_context("What is 2+2?", "Four.") == full and short.stats.truncated == 0  # fits: untouched
+
+    history = " ".join(f"old turn {i} about gardening." for i in range(300)) + " FINAL QUESTION: name a colour?"
+    with pytest.warns(UserWarning, match="simulator/truncated"):
+        replies = short.followups([history, "Hi"], ["Blue, the colour of the sky. ANSWER END", "Hello!"])
+    assert replies == ["ok", "ok"] and short.stats.truncated == 1
+    assert short.stats.as_metrics()["simulator/truncated"] == 1
+    text = tok.decode(seen[0])
+    assert len(seen[0]) <= 400
+    assert short.persona in text and "FINAL QUESTION: name a colour?" in text and "ANSWER END" in text
+    assert "old turn 0 " not in text  # the oldest turns went first
+
+    answer = "START " + " ".join(f"word{i}" for i in range(800)) + " STOP"
+    ctx = short.fitted_context("Tell me a story.", answer)
+    text = tok.decode(ctx)
+    assert len(ctx) <= 400 and "START" in text and "STOP" in text and "[...]" in text and short.persona in text
+    assert short.stats.truncated == 2

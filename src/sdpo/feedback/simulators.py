@@ -33,6 +33,7 @@ import math
 import os
 import random
 import re
+import warnings
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,11 +91,13 @@ class SimulatorStats:
     retries: int = 0
     failed: int = 0
     empty: int = 0
+    truncated: int = 0  # local simulator: prompts cut to fit its max_context_tokens
 
     def as_metrics(self, prefix: str = "simulator/") -> dict[str, float]:
         return {f"{prefix}requests": self.requests, f"{prefix}fallbacks": self.fallbacks,
                 f"{prefix}seconds": round(self.seconds, 4), f"{prefix}retries": self.retries,
-                f"{prefix}failed_requests": self.failed, f"{prefix}empty_replies": self.empty}
+                f"{prefix}failed_requests": self.failed, f"{prefix}empty_replies": self.empty,
+                f"{prefix}truncated": self.truncated}
 
 
 @dataclass
@@ -220,24 +223,65 @@ class StyleUserSimulator(UserSimulator):
     max_new_tokens: int = 128
     batch_size: int = 16
     sampler: object = None  # None: sdpo.generation.hf_generate; any function with its signature
+    max_context_tokens: int = 2048  # the simulator's prompt (instructions + conversation + answer)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_context_tokens < 1:
+            raise ValueError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
         if self.model is None or isinstance(self.model, str):
             from sdpo.models import load_model
 
             self.model, self.tokenizer = load_model(self.model or "smollm2-135m")
+        self._warned_truncation = False
+
+    def fitted_context(self, prompt: str, response: str) -> list[int]:
+        """The simulator's token context for one pair, within ``max_context_tokens``.
+
+        The instructions and persona always stay. What gives way first is the start of the
+        conversation (``prompt``; its end, the request being answered, is kept); then the middle of
+        the answer (its start and end stay, which is what a reader's reaction is about)."""
+        from sdpo.templates import render_context
+
+        tok, limit = self.tokenizer, self.max_context_tokens
+
+        def ids(p: str, r: str) -> list[int]:
+            return render_context(tok, [{"role": "user", "content": self.prompt_for(p, r)}])
+
+        full = ids(prompt, response)
+        if len(full) <= limit:
+            return full
+        self.stats.truncated += 1
+        if not self._warned_truncation:
+            self._warned_truncation = True
+            warnings.warn(f"local simulator: a prompt of {len(full)} tokens is cut to max_context_tokens={limit} "
+                          "(oldest conversation first, then the middle of the answer); counted as "
+                          "simulator/truncated", stacklevel=3)
+        p_ids = tok.encode(prompt, add_special_tokens=False)
+        r_ids = tok.encode(response, add_special_tokens=False)
+        over = len(full) - limit
+        if over < len(p_ids):  # the oldest part of the conversation goes (a little extra: re-tokenising)
+            keep = max(0, len(p_ids) - over - 8)
+            candidate = ids("..." + tok.decode(p_ids[len(p_ids) - keep:]), response)
+            if len(candidate) <= limit:
+                return candidate
+        # the whole conversation is not enough: keep its last 64 tokens, cut the answer's middle
+        tail = "..." + tok.decode(p_ids[-64:]) if len(p_ids) > 64 else prompt
+        base = len(ids(tail, ""))
+        room = max(0, limit - base - 16)
+        head, end = r_ids[: room - room // 3], r_ids[len(r_ids) - room // 3:] if room // 3 else []
+        candidate = ids(tail, tok.decode(head) + " [...] " + tok.decode(end))
+        return candidate[-limit:] if len(candidate) > limit else candidate
 
     def _followups(self, prompts, responses):
         from sdpo.generation import hf_generate
-        from sdpo.templates import render_context
 
         sampler = self.sampler or hf_generate
         tok = self.tokenizer
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             contexts = [
-                render_context(tok, [{"role": "user", "content": self.prompt_for(p, r)}])
+                self.fitted_context(p, r)
                 for p, r in zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
             ]
             new = sampler(self.model, tok, contexts, max_new_tokens=self.max_new_tokens, temperature=self.temperature)

@@ -173,7 +173,7 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
     if cfg.simulator == "rule":
         return sims.RuleUserSimulator(cfg.style)
     if cfg.simulator == "local":
-        kwargs = {}
+        kwargs = {"max_context_tokens": cfg.max_context_tokens}
         if cfg.simulator_temperature is not None:
             kwargs["temperature"] = cfg.simulator_temperature
         if cfg.simulator_max_new_tokens is not None:
