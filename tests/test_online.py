@@ -164,7 +164,8 @@ def test_two_step_run_checkpoints_and_resume(prompts_file, tmp_path, capsys):
     steps = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == [1, 2]
     for key in ("loss", "signal_abs_mean", "response_tokens_mean", "followup_words_mean", "simulator/seconds",
-                "time/generate", "time/simulate", "time/score", "time/update", "persona_rule_score"):
+                "time/generate", "time/simulate", "time/score", "time/update", "persona_rule_score",
+                "echo_rate", "simulator/truncated", "eos_signal_mean"):
         assert key in steps[0], key
 
     # stop after step 1, then resume from its checkpoint: same end point as the straight run
@@ -377,3 +378,17 @@ def test_simulator_retry_options_reach_the_api_simulator(monkeypatch):
                            simulator_retry_backoff=0.1)
     sim = build_simulator(cfg)
     assert (sim.max_retries, sim.timeout, sim.retry_backoff) == (2, 5.0, 0.1)
+
+
+def test_echo_rate_counts_answers_that_copy_the_teacher_template():
+    from sdpo.templates import get_template
+    from sdpo.trainers.online import echoes_template
+
+    t = get_template("hindsight")
+    assert echoes_template(t, "Summarize this.", "Sure. Let it guide your answer to the request above: ...")
+    assert echoes_template(t, "Summarize this.", "--- HINDSIGHT --- the user wants short")
+    assert not echoes_template(t, "Summarize this.", "Here is a short summary of the text.")
+    # wording the prompt itself has is not an echo
+    assert not echoes_template(t, "Let it guide your answer to the request, please.", "Let it guide your answer to the request")
+    r = get_template("hindsight-revise")
+    assert echoes_template(r, "Q", "The user's reply to an earlier answer to this request was bad")

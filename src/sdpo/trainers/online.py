@@ -241,6 +241,19 @@ def select_prompts(prompts, tokenizer, template, *, max_prompt_tokens, max_promp
     return kept, {"prompts_given": len(prompts), "prompts_too_long": too_long, "prompts_used": len(kept)}
 
 
+def echoes_template(template, prompt: str, response: str) -> bool:
+    """Does ``response`` copy the teacher template's fixed wording (its header, or any word 4-gram of
+    its note that the prompt does not also contain)? The measure of ``SDPOTrainer``'s
+    ``teacher_context_echo_rate``, applied to the hindsight template."""
+    from sdpo.templates import HINDSIGHT_HEADER
+    from sdpo.trainers.rich import teacher_only_ngrams, word_ngrams
+
+    if HINDSIGHT_HEADER.strip() in response:
+        return True
+    phrases = [part for part in template.note.split("{followup}") if part.strip()]
+    return bool(word_ngrams(response) & teacher_only_ngrams(phrases, prompt))
+
+
 class OnlineSDPOTrainer:
     def __init__(self, cfg: OnlineSDPOConfig, *, model=None, tokenizer=None, simulator=None, prompts=None,
                  val_prompts=None):
@@ -405,6 +418,8 @@ class OnlineSDPOTrainer:
             "ended_fraction": len(eos_signal) / len(responses),
             "followup_words_mean": sum(len(o.split()) for o in followups) / len(followups),
             "persona_rule_score": sum(rule_score(cfg.style, t) for t in texts) / len(texts),
+            # leakage: answers that copy the teacher template's own wording (only the teacher sees it)
+            "echo_rate": sum(echoes_template(self.template, p.text, t) for p, t in zip(batch, texts)) / len(texts),
             **timings,
         }
         self.last_example = {"prompt": batch[0].text, "response": texts[0], "followup": followups[0]}
