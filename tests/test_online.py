@@ -392,3 +392,64 @@ def test_echo_rate_counts_answers_that_copy_the_teacher_template():
     assert not echoes_template(t, "Let it guide your answer to the request, please.", "Let it guide your answer to the request")
     r = get_template("hindsight-revise")
     assert echoes_template(r, "Q", "The user's reply to an earlier answer to this request was bad")
+
+
+def test_rule_reward_mix_matches_float64_reference():
+    """--rule_reward_weight w: every token's advantage gets w * (r_i - mean r) after centring."""
+    torch.manual_seed(1)
+    lengths, rewards, w = [4, 7, 2, 6], [1.0, 0.0, 0.0, 1.0], 0.7
+    student = [torch.randn(n, requires_grad=True) for n in lengths]
+    teacher = [torch.randn(n) for n in lengths]
+    old = [s.detach() + 0.2 * torch.randn(len(s)) for s in student]
+    base = sum(rewards) / len(rewards)
+    scalar = [w * (r - base) for r in rewards]
+    loss, stats = advantage_pg_loss(student, teacher, centering="sequence", old=old, ppo_clip=0.2, scalar=scalar)
+    loss.backward()
+    total = torch.zeros((), dtype=torch.float64)
+    grads = []
+    for s, q, o, c in zip(student, teacher, old, scalar):
+        s64 = s.detach().double().requires_grad_(True)
+        a = q.double() - s64.detach()
+        a = a - a.mean() + c
+        ratio = torch.exp(s64 - o.double())
+        term = -torch.min(ratio * a, ratio.clamp(0.8, 1.2) * a).mean()
+        total = total + term / len(lengths)
+        grads.append(s64)
+    total.backward()
+    assert abs(loss.item() - total.item()) < 1e-5
+    for s, s64 in zip(student, grads):
+        assert torch.allclose(s.grad.double(), s64.grad, atol=1e-6)
+    # the reported signal is still the hindsight signal alone
+    plain = torch.cat([(q - s.detach()) for s, q in zip(student, teacher)])
+    assert stats["signal_mean"] == pytest.approx(plain.mean().item(), abs=1e-6)
+
+
+def test_rule_reward_weight_needs_a_rule_persona(tmp_path):
+    from sdpo.trainers.online import OnlineSDPOConfig
+
+    with pytest.raises(ValueError, match="has none"):
+        OnlineSDPOConfig(style="poetic", rule_reward_weight=0.5, output_dir=str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=">= 0"):
+        OnlineSDPOConfig(style="no_emojis", rule_reward_weight=-1, output_dir=str(tmp_path / "b"))
+    assert OnlineSDPOConfig(style="concise_casual_beginner", rule_reward_weight=0.5,
+                            output_dir=str(tmp_path / "c")).rule_reward_weight == 0.5
+
+
+def test_rule_reward_run_logs_and_uses_rewards(prompts_file, tmp_path, monkeypatch):
+    import sdpo.trainers.update as update
+
+    seen = []
+    original = update.advantage_pg_loss
+
+    def spy(*a, **k):
+        seen.append(k.get("scalar"))
+        return original(*a, **k)
+
+    monkeypatch.setattr(update, "advantage_pg_loss", spy)
+    out = tmp_path / "mix"
+    assert main(["train-online", "--train_jsonl", str(prompts_file), "--model_name_or_path", "tiny-random",
+                 "--simulator", "rule", "--style", "concise_casual_beginner", "--per_device_train_batch_size", "4",
+                 "--max_new_tokens", "6", "--max_steps", "1", "--rule_reward_weight", "0.5", "--output_dir", str(out),
+                 "--summary_prompts", "0", "--progress", "false", "--report_to", "none"]) == 0
+    assert seen and all(s is not None and len(s) == 4 for s in seen)
+    assert all(abs(sum(s)) < 1e-9 for s in seen)  # baselined by the batch mean

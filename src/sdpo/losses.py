@@ -55,8 +55,13 @@ def advantage_pg_loss(
     kl_coef: float = 0.0,
     old: Sequence[torch.Tensor] | None = None,
     ppo_clip: float | None = None,
+    scalar: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The SDPO policy-gradient loss of a batch, and statistics of its signal.
+
+    ``scalar`` (one number per sequence, e.g. a baselined reward) is added to every token's
+    advantage of that sequence after centring and clipping; the signal statistics stay the
+    hindsight signal's.
 
     With ``old`` (log-probs of the policy that generated the responses) and
     ``ppo_clip`` the per-token term is PPO's clipped surrogate
@@ -72,6 +77,8 @@ def advantage_pg_loss(
         adv, _ = sequence_advantages(s, q, ignore_first=ignore_first, centering=centering, clip=clip)
         k = ignore_first  # valid positions are a suffix: slices, not boolean masks (those sync)
         adv, s_v, n = adv[k:], s[k:].float(), s.shape[0] - k
+        if scalar is not None:
+            adv = adv + float(scalar[i])
         if old is not None and ppo_clip is not None:
             ratio = torch.exp(s_v - old[i].detach().float()[k:])
             surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - ppo_clip, 1 + ppo_clip) * adv)

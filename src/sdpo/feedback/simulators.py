@@ -192,6 +192,18 @@ def rule_violations(style: str, response: str) -> list[str]:
     return out
 
 
+_RULE_PROBES = (
+    "Hello there \U0001f600", "I think I would say yes, perhaps.", "- one\n- two\n- three", "word " * 120,
+    "# Title\n**Bold** point.", "Great question! Let me know if you need anything else.",
+    "It is a rich tapestry \u2014 let us delve in.", "A plain sentence", "yeah so you know, hey",
+)
+
+
+def rule_checkable(style: str) -> bool:
+    """Whether :func:`rule_violations` has a check for ``style`` (some probe answer fails it)."""
+    return any(rule_violations(style, probe) for probe in _RULE_PROBES)
+
+
 def rule_score(style: str, response: str) -> float:
     """1 when the persona's checks all pass, 0 when any fails (the persona metric)."""
     return 0.0 if rule_violations(style, response) else 1.0

@@ -102,6 +102,10 @@ class OnlineSDPOConfig:
     mask_eos_advantage: bool = field(
         default=False, metadata={"help": "leave the end-of-sequence token out of the loss (see RESULTS.md: on small "
                                          "models the hindsight teacher is biased against stopping)"})
+    rule_reward_weight: float = field(
+        default=0.0, metadata={"help": "ours, off by default: add w*(r - batch mean r) to every token's advantage, r = 1 "
+                                       "when the answer passes the persona's rule checks (sdpo.feedback.simulators."
+                                       "rule_score), else 0; 0 = pure hindsight SDPO (the reference)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
@@ -154,6 +158,16 @@ class OnlineSDPOConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError("generation_batch_size must be >= 1")
+        if not self.rule_reward_weight >= 0:
+            raise ValueError(f"rule_reward_weight must be >= 0, got {self.rule_reward_weight}")
+        if self.rule_reward_weight:
+            from sdpo.feedback.simulators import rule_checkable
+
+            if not rule_checkable(self.style):
+                raise ValueError(f"rule_reward_weight needs a persona with rule checks; {self.style!r} has none "
+                                 "(see `sdpo personas`)")
+            if getattr(self, "loss", "policy_gradient") != "policy_gradient":
+                raise ValueError("rule_reward_weight works with --loss policy_gradient")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
         from sdpo import rundir
@@ -391,6 +405,7 @@ class OnlineSDPOTrainer:
         ], timings
 
     def _micro_step(self, rollout: dict) -> dict:
+        from sdpo.feedback.simulators import rule_score
         from sdpo.trainers.update import UpdateExample, sdpo_update
 
         cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
@@ -400,14 +415,13 @@ class OnlineSDPOTrainer:
         # shared with `sdpo chat`: sdpo.trainers.update.sdpo_update
         result = sdpo_update(
             self.model, self.optimizer, tok, self.template,
-            [UpdateExample(p.messages, resp, o, context=ctx)
-             for p, ctx, resp, o in zip(batch, contexts, responses, followups)],
+            [UpdateExample(p.messages, resp, o, context=ctx,
+                           reward=rule_score(cfg.style, text) if cfg.rule_reward_weight else None)
+             for p, ctx, resp, o, text in zip(batch, contexts, responses, followups, texts)],
             cfg, accelerator=acc,
         )
         self._note_truncations(result.truncated)
         loss, stats, eos_signal, timings = result.loss, result.stats, result.eos_signal, result.timings
-
-        from sdpo.feedback.simulators import rule_score
 
         metrics = {
             "loss": loss,

@@ -56,6 +56,7 @@ class UpdateOptions:
     distillation_topk: int = 50
     distillation_add_tail: bool = True
     distillation_alpha: float = 1.0  # 1 = reverse KL(student || teacher), the reference live chat's
+    rule_reward_weight: float = 0.0  # > 0: each example's ``reward`` enters as w * (r - batch mean)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -85,6 +86,7 @@ class UpdateExample:
     response: list[int]
     followup: str
     context: list[int] | None = None
+    reward: float | None = None  # a scalar from the feedback source (needed when rule_reward_weight > 0)
 
 
 @dataclass
@@ -164,9 +166,17 @@ def sdpo_update(
             student = [s[:-1] if e else s for s, e in zip(student, ended)]
             teacher = [q[:-1] if e else q for q, e in zip(teacher, ended)]
         if opt.loss == "policy_gradient":
+            scalar = None
+            if opt.rule_reward_weight:
+                rewards = [ex.reward for ex in examples]
+                if any(r is None for r in rewards):
+                    raise ValueError("rule_reward_weight > 0 needs a reward on every example")
+                baseline = sum(rewards) / len(rewards)
+                scalar = [opt.rule_reward_weight * (r - baseline) for r in rewards]
             loss, stats = advantage_pg_loss(
                 student, teacher, ignore_first=opt.ignore_first_tokens, centering=opt.advantage_centering,
                 clip=opt.advantage_clip, old=[s.detach() for s in student], ppo_clip=opt.ppo_clip,
+                scalar=scalar,
             )
         else:
             loss, stats = _topk_loss(student, teacher, student_logits, teacher_logits, ended, opt)
