@@ -35,30 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-METHOD_HELP = "grpo, sdpo, mix:LAMBDA, routing, pass_rate, entropy:BETA"
-
-
 def method_config(name: str):
-    """The SDPOConfig of a method name (one clear line on a bad name)."""
-    from sdpo.trainers.rich import SDPOConfig
+    """The SDPOConfig of a method name (one clear line on a bad name); see sdpo.tasks.method_config."""
+    from sdpo.tasks import method_config as config_of
 
-    base, _, arg = name.partition(":")
     try:
-        if base == "grpo" and not arg:
-            return SDPOConfig(enabled=False)
-        if base == "sdpo" and not arg:
-            return SDPOConfig()
-        if base == "mix":
-            return SDPOConfig(grpo_mix=float(arg or 0.5))
-        if base == "routing" and not arg:
-            return SDPOConfig(sample_routing=True)
-        if base == "pass_rate" and not arg:
-            return SDPOConfig(pass_rate_weighting=True)
-        if base == "entropy":
-            return SDPOConfig(entropy_weight_beta=float(arg or 1.0))
+        return config_of(name)
     except ValueError as exc:
-        raise SystemExit(f"learning.py: error: --methods {name!r}: {exc}") from None
-    raise SystemExit(f"learning.py: error: --methods {name!r} is unknown; use {METHOD_HELP}")
+        raise SystemExit(f"learning.py: error: --methods {exc}") from None
 
 
 def mcnemar_p(a: list[bool], b: list[bool]) -> float:
@@ -90,7 +74,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model alias / path ('tiny-random' for tests)")
     p.add_argument("--task", default="addition", choices=["addition", "code"], help="task of sdpo.tasks")
-    p.add_argument("--methods", default="grpo,sdpo,mix:0.5,mix:0.9,routing,pass_rate", help=METHOD_HELP)
+    p.add_argument("--methods", default="grpo,sdpo,mix:0.5,mix:0.9,routing,pass_rate", help="grpo, sdpo, mix:LAMBDA, routing, pass_rate, entropy:BETA")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
     p.add_argument("--num-generations", type=int, default=4, help="rollouts per prompt")

@@ -23,6 +23,7 @@ def _run(script, tmp_path, *extra):
 
 @pytest.mark.parametrize("script, extra", [
     ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8"]),
+    ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8", "--method", "routing"]),
     ("sdpo_rich_feedback.py", ["--eval-size", "4", "--max-completion-length", "24"]),
 ])
 def test_example_runs_two_steps_and_reports(script, extra, tmp_path):
@@ -48,3 +49,18 @@ def test_unsloth_example_explains_why_it_cannot_run(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "cannot run here" in proc.stderr
+
+
+def test_example_method_names(tmp_path):
+    from sdpo.tasks import method_config
+
+    assert method_config("grpo").enabled is False
+    assert method_config("routing").sample_routing is True
+    assert method_config("mix:0.25").grpo_mix == 0.25
+    assert method_config("sdpo", alpha=1.0).alpha == 1.0
+    with pytest.raises(ValueError, match="'dpo' is unknown"):
+        method_config("dpo")
+    with pytest.raises(ValueError, match="expected a number"):
+        method_config("mix:abc")
+    proc, _ = _run("basic_sdpo.py", tmp_path, "--method", "ppo")
+    assert proc.returncode != 0 and "--method 'ppo' is unknown" in proc.stderr.strip().splitlines()[-1]

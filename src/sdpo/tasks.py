@@ -118,6 +118,41 @@ def _tasks():
     }
 
 
+METHOD_HELP = "grpo, sdpo, mix:LAMBDA, routing, pass_rate, entropy:BETA"
+
+
+def method_config(name: str, **overrides):
+    """The ``SDPOConfig`` of a method name, with ``overrides`` applied (ValueError naming it if unknown).
+
+    ``grpo``: ``SDPOConfig(enabled=False)`` (plain GRPO on the rewards); ``sdpo``: the reference's
+    defaults; ``mix:LAMBDA``: per-token LAMBDA GRPO + (1 - LAMBDA) SDPO; ``routing``: SRPO sample
+    routing with entropy weights; ``pass_rate``: SC-SDPO; ``entropy:BETA``: SDPO with
+    entropy-weighted targets."""
+    from .trainers.rich import SDPOConfig
+
+    base, _, arg = name.partition(":")
+    if arg:
+        try:
+            float(arg)
+        except ValueError:
+            raise ValueError(f"{name!r}: expected a number after ':'") from None
+    if base == "grpo" and not arg:
+        settings = dict(enabled=False)
+    elif base == "sdpo" and not arg:
+        settings = {}
+    elif base == "mix":
+        settings = dict(grpo_mix=float(arg or 0.5))
+    elif base == "routing" and not arg:
+        settings = dict(sample_routing=True)
+    elif base == "pass_rate" and not arg:
+        settings = dict(pass_rate_weighting=True)
+    elif base == "entropy":
+        settings = dict(entropy_weight_beta=float(arg or 1.0))
+    else:
+        raise ValueError(f"{name!r} is unknown; use {METHOD_HELP}")
+    return SDPOConfig(**settings, **overrides)
+
+
 def example_parser(task: str, description: str, **defaults) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model id/path, 'smollm2-135m' (embedded) or 'tiny-random'")
@@ -129,6 +164,8 @@ def example_parser(task: str, description: str, **defaults) -> argparse.Argument
                    help="new tokens per rollout")
     p.add_argument("--train-size", type=int, default=defaults.get("train_size", 64), help="training problems")
     p.add_argument("--eval-size", type=int, default=defaults.get("eval_size", 50), help="held-out problems")
+    p.add_argument("--method", default="sdpo", help=f"{METHOD_HELP} (sdpo: the reference's SDPO; routing: "
+                                                    "GRPO on successful rollouts, SDPO on failed ones)")
     p.add_argument("--alpha", type=float, default=0.5, help="generalized JSD weight (0: forward KL, 1: reverse KL)")
     p.add_argument("--distillation-topk", type=int, default=100, help="top-k tokens of the distillation (with a tail)")
     p.add_argument("--teacher-mode", default="ema", choices=["ema", "live", "frozen", "copy", "fixed"],
@@ -181,6 +218,11 @@ def run_example(task_name: str, args: argparse.Namespace) -> dict:
     from .trainers.rich import SDPOConfig, SDPOTrainer
 
     task = _tasks()[task_name]
+    try:
+        sdpo_config = method_config(getattr(args, "method", "sdpo"), alpha=args.alpha,
+                                    distillation_topk=args.distillation_topk, teacher_mode=args.teacher_mode)
+    except ValueError as err:
+        raise SystemExit(f"error: --method {err}") from None
     train_rows, held_out = task.build(args.train_size, args.eval_size, args.seed)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +240,6 @@ def run_example(task_name: str, args: argparse.Namespace) -> dict:
     if before:
         print(f"== held-out score before training: {before[0]:.3f}")
 
-    sdpo_config = SDPOConfig(alpha=args.alpha, distillation_topk=args.distillation_topk, teacher_mode=args.teacher_mode)
     grpo = GRPOConfig(
         output_dir=str(out_dir), max_steps=args.max_steps, learning_rate=args.learning_rate,
         per_device_train_batch_size=args.num_generations * args.prompts_per_step,
@@ -214,7 +255,7 @@ def run_example(task_name: str, args: argparse.Namespace) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     after = evaluate("held-out after") if not args.no_eval else None
     summary = {
-        "task": task_name, "model": args.model, "max_steps": args.max_steps,
+        "task": task_name, "model": args.model, "method": getattr(args, "method", "sdpo"), "max_steps": args.max_steps,
         "num_generations": args.num_generations, "prompts_per_step": args.prompts_per_step,
         "learning_rate": args.learning_rate, "train_seconds": round(train_seconds, 1),
         "train_reward_first": logs[0].get("self_distillation/reward_mean") if logs else None,
