@@ -124,6 +124,25 @@ class OnlineSDPOConfig:
     save_only_model: bool = field(
         default=False, metadata={"help": "checkpoints hold the model only, no optimizer/RNG state: smaller, but a "
                                          "run cannot be resumed from them (refused with a message)"})
+    use_vllm: bool = field(
+        default=False, metadata={"help": "generate the policy's responses with vLLM (GPU; TRL's VLLMGeneration) "
+                                         "instead of transformers' generate; weights pushed after every optimizer "
+                                         "step"})
+    vllm_mode: str = field(
+        default="colocate", metadata={"help": "colocate (a vLLM engine in each training process, on its GPU) or "
+                                              "server (a running `trl vllm-serve`)"})
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "server: base URL, e.g. http://localhost:8000 (overrides host and port)"})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "server: host"})
+    vllm_server_port: int = field(default=8000, metadata={"help": "server: port"})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "server: seconds to wait for it to be up"})
+    vllm_group_port: int = field(default=51216, metadata={"help": "server: port of the weight-update group"})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "colocate: share of GPU memory for vLLM (weights and KV cache)"})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "colocate: tensor-parallel GPUs per engine"})
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "colocate: engine context length; default max_context_tokens + "
+                                        "max_new_tokens"})
     summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
     summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -168,6 +187,9 @@ class OnlineSDPOConfig:
                                  "(see `sdpo personas`)")
             if getattr(self, "loss", "policy_gradient") != "policy_gradient":
                 raise ValueError("rule_reward_weight works with --loss policy_gradient")
+        from sdpo.vllm_backend import check_options
+
+        check_options(self)  # vllm_* options; with use_vllm: vLLM installed, CUDA for colocate
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
         from sdpo import rundir
@@ -387,12 +409,22 @@ class OnlineSDPOTrainer:
         self._note_truncations(sum(over > 0 for _, over in fitted))
         rows = cfg.generation_batch_size or len(contexts)
         responses, texts = [], []
-        with policy_for_generation(self.model, acc) as policy:
-            for start in range(0, len(contexts), rows):  # same row count on every rank (lockstep under ZeRO-3)
-                r, t = generate(policy, tok, contexts[start : start + rows], max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, device=acc.device)
+        if cfg.use_vllm:  # the engine is built at the first rollout and gets the weights after each step
+            if getattr(self, "vllm", None) is None:
+                from sdpo.vllm_backend import VLLMPolicyGenerator
+
+                self.vllm = VLLMPolicyGenerator(self.model, acc, tok, cfg)
+            for start in range(0, len(contexts), rows):  # same call count on every rank (server: gathered)
+                r, t = self.vllm.generate(contexts[start : start + rows])
                 responses += r
                 texts += t
+        else:
+            with policy_for_generation(self.model, acc) as policy:
+                for start in range(0, len(contexts), rows):  # same row count on every rank (lockstep under ZeRO-3)
+                    r, t = generate(policy, tok, contexts[start : start + rows], max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, device=acc.device)
+                    responses += r
+                    texts += t
         t1 = time.perf_counter()
         followups = self.simulator.followups([p.text for p in prompts], texts)
         timings = {"time/generate": t1 - t0, "time/simulate": time.perf_counter() - t1}
@@ -644,6 +676,10 @@ class OnlineSDPOTrainer:
             micro_metrics.append(self._micro_step(rollout))
             self.micro += 1
         self.step += 1
+        if getattr(self, "vllm", None) is not None:  # the optimizer stepped: the engine gets the new weights
+            pushed = time.perf_counter()
+            self.vllm.sync()
+            timings["time/vllm_sync"] = time.perf_counter() - pushed
         # means over micro-steps; times are totals for the optimizer step
         metrics = {k: sum(m[k] for m in micro_metrics) / (1 if k.startswith("time/") else len(micro_metrics))
                    for k in micro_metrics[0]}
