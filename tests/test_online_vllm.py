@@ -197,3 +197,73 @@ def test_colocate_without_cuda_is_refused(prompts_file, tmp_path, capsys, monkey
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "no CUDA device" in err and "--vllm_mode server" in err and "\n" not in err, err
+
+
+class FakeClient:
+    """TRL's ``VLLMClient`` as ``VLLMGeneration`` uses it in server mode, serving a :class:`FakeLLM`."""
+
+    instances: list = []
+    model_dir = None
+
+    def __init__(self, base_url=None, group_port=51216, connection_timeout=0.0):
+        self.base_url, self.group_port = base_url, group_port
+        self.llm = FakeLLM(str(FakeClient.model_dir))
+        self.sampling = []
+        FakeClient.instances.append(self)
+
+    def init_communicator(self, device=0):
+        self.device = device
+
+    def generate(self, prompts, features=None, n=1, temperature=1.0, max_tokens=16, generation_kwargs=None, **other):
+        assert features is None
+        sp = FakeSamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, **(generation_kwargs or {}))
+        self.sampling.append(sp)
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=sp)
+        return {"prompt_ids": [o.prompt_token_ids for o in outs],
+                "completion_ids": [o.outputs[0].token_ids for o in outs], "logprobs": None}
+
+    def update_named_params(self, metadata, params):
+        self.metadata = metadata
+        self.llm._load_weights(list(params))
+
+    def reset_prefix_cache(self):
+        self.llm.reset_prefix_cache()
+
+
+def test_server_mode_goes_through_trls_client(fake_vllm, monkeypatch, prompts_file, tiny_dir, tmp_path):
+    import trl.generation.vllm_generation as trl_vllm
+
+    import sdpo.vllm_backend as backend
+
+    FakeClient.instances.clear()
+    FakeClient.model_dir = tiny_dir
+    monkeypatch.setattr(trl_vllm, "VLLMClient", FakeClient)
+    monkeypatch.setattr(backend, "cuda_available", lambda: pytest.fail("server mode needs no local CUDA check"))
+    out = tmp_path / "run"
+    args = _args(prompts_file, out, "--max_steps", "1", "--save_steps", "1", "--use_vllm", "true", "--vllm_mode",
+                 "server", "--vllm_server_base_url", "http://gpu-box:8000", "--temperature", "0.7")
+    args[args.index("--model_name_or_path") + 1] = str(tiny_dir)
+    assert main(args) == 0
+    [client] = FakeClient.instances
+    assert client.base_url == "http://gpu-box:8000" and client.llm.generate_calls == 1
+    [sp] = client.sampling
+    assert (sp.temperature, sp.max_tokens, sp.ignore_eos) == (0.7, 8, True) and len(sp.stop_token_ids) == 1
+    assert len(client.llm.pushes) == 2  # at start, after the step
+    saved = load_file(out / "checkpoint-1" / "model.safetensors")
+    pushed = client.llm.pushes[1]
+    assert "model.embed_tokens.weight" in pushed
+    assert max((saved[k] - pushed[k]).abs().max().item() for k in set(saved) & set(pushed)) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # GRPOConfig's own deprecated names
+def test_vllm_is_off_by_default_with_trls_option_defaults():
+    from trl import GRPOConfig
+
+    from sdpo.trainers.online import OnlineSDPOConfig
+
+    cfg, trl_cfg = OnlineSDPOConfig(train_jsonl="x"), GRPOConfig(output_dir="unused", report_to="none")
+    assert cfg.use_vllm is False  # the reference's use_vllm=False: transformers' generate, as before
+    for name in ("use_vllm", "vllm_mode", "vllm_server_base_url", "vllm_server_host", "vllm_server_port",
+                 "vllm_server_timeout", "vllm_group_port", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
+                 "vllm_max_model_length"):
+        assert getattr(cfg, name) == getattr(trl_cfg, name), name
