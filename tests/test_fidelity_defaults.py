@@ -11,7 +11,7 @@ def test_online_defaults():
     expected = dict(advantage_centering="sequence", template="hindsight", system_prompt="general",
                     learning_rate=5e-6, ppo_clip=0.2, temperature=1.0, save_steps=3, max_grad_norm=1.0,
                     max_train_prompts=512, max_prompt_tokens=512, seed=42, max_steps=None, ignore_first_tokens=0,
-                    max_context_tokens=2048)
+                    max_context_tokens=2048, use_vllm=False, rule_reward_weight=0.0)
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert DEFAULT_TEMPLATE == "hindsight"
 
