@@ -14,6 +14,7 @@ Methods (``--methods``, comma-separated):
   routing         SDPOConfig(sample_routing=True): SRPO routing with entropy weights
   pass_rate       SDPOConfig(pass_rate_weighting=True): SC-SDPO
   entropy:BETA    SDPOConfig(entropy_weight_beta=BETA): SDPO with entropy-weighted targets
+  NAME@bf16       any of these trained under bf16 autocast (fp32 master weights); paired with NAME
 
 Prints one JSON line (and writes it to ``--out-dir/learning.json``) plus a PNG of
 held-out accuracy against the number of rollouts seen (``learning.png``).
@@ -36,11 +37,12 @@ import time
 from pathlib import Path
 
 def method_config(name: str):
-    """The SDPOConfig of a method name (one clear line on a bad name); see sdpo.tasks.method_config."""
+    """The SDPOConfig of a method name (one clear line on a bad name); see sdpo.tasks.method_config.
+    A ``@bf16`` suffix (``grpo@bf16``) trains the same method under bf16 autocast (``GRPOConfig(bf16=True)``)."""
     from sdpo.tasks import method_config as config_of
 
     try:
-        return config_of(name)
+        return config_of(name.removesuffix("@bf16"))
     except ValueError as exc:
         raise SystemExit(f"learning.py: error: --methods {exc}") from None
 
@@ -153,7 +155,7 @@ def run(args) -> dict:
                 learning_rate=args.learning_rate, per_device_train_batch_size=per_step,
                 num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                 temperature=args.temperature, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
-                lr_scheduler_type="constant", use_cpu=True,
+                lr_scheduler_type="constant", use_cpu=True, bf16=method.endswith("@bf16"),
             )
             trainer = SDPOTrainer(model=model, args=grpo, sdpo_config=method_config(method),
                                   processing_class=tokenizer, reward_funcs=[task.reward],
@@ -179,6 +181,7 @@ def run(args) -> dict:
                 "echo_rate_second_half": (sum(echo[len(echo) // 2 :]) / max(1, len(echo) - len(echo) // 2)
                                           if echo else None),
                 "sample_answers": answers[:5],
+                "correct": [int(x) for x in ok],  # per held-out problem, for paired comparisons across runs
             }
             print(f"seed {seed} {method}: {seed_out['base_accuracy']:.3f} -> {sum(ok) / len(ok):.3f} "
                   f"({seconds:.0f} s)", file=sys.stderr, flush=True)
@@ -187,6 +190,9 @@ def run(args) -> dict:
             for method, ok in vectors.items():
                 if method != "grpo":
                     seed_out["methods"][method]["vs_grpo"] = paired(vectors["grpo"], ok)
+        for method, ok in vectors.items():
+            if method.endswith("@bf16") and method.removesuffix("@bf16") in vectors:
+                seed_out["methods"][method]["vs_fp32"] = paired(vectors[method.removesuffix("@bf16")], ok)
         seed_out["_vectors"] = {"base": base_correct, **vectors}
         results["seeds"][str(seed)] = seed_out
 
@@ -202,6 +208,9 @@ def run(args) -> dict:
                  "vs_base": paired(base_all, m_all)}
         if g_all and method != "grpo":
             entry["vs_grpo"] = paired(g_all, m_all)
+        fp32 = method.removesuffix("@bf16")
+        if method.endswith("@bf16") and fp32 in args.method_list:
+            entry["vs_fp32"] = paired([x for s in results["seeds"].values() for x in s["_vectors"][fp32]], m_all)
         pooled[method] = entry
     for s in results["seeds"].values():
         s.pop("_vectors")

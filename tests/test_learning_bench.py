@@ -67,3 +67,15 @@ def test_smallest_configuration_end_to_end(tmp_path, capsys):
     assert "vs_grpo" in seed["methods"]["routing"] and "vs_grpo" not in seed["methods"]["grpo"]
     assert set(result["pooled"]) == {"grpo", "routing"}
     assert (out / "learning.json").is_file() and (out / "learning.png").stat().st_size > 1000
+
+
+def test_bf16_variant_is_paired_with_its_fp32_run(tmp_path, capsys):
+    bench = _bench()
+    rc = bench.main(["--model", "tiny-random", "--methods", "grpo,grpo@bf16", "--seeds", "0", "--steps", "1",
+                     "--eval-size", "4", "--train-size", "8", "--max-completion-length", "4",
+                     "--out-dir", str(tmp_path / "b")])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = result["seeds"]["0"]["methods"]["grpo@bf16"]
+    assert set(m["vs_fp32"]) == {"delta", "gained", "lost", "p"} and len(m["correct"]) == 4
+    assert "vs_fp32" in result["pooled"]["grpo@bf16"] and "vs_fp32" not in result["pooled"]["grpo"]
