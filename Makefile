@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # A short online SDPO run on the embedded model: bundled TL;DR posts, a rule-based
-# simulated user who wants concise, casual, beginner-friendly answers (2 CPU cores: ~3 min).
+# simulated user who wants concise, casual, beginner-friendly answers (2 CPU cores: ~3 min), then a
+# rich-feedback run on additions that visibly learns (sample routing, 60 steps: ~5 min).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
@@ -43,6 +44,9 @@ demo: $(STAMP)
 	  --simulator rule --style concise_casual_beginner --system_prompt tldr --max_steps 8 --save_steps 4 \
 	  --per_device_train_batch_size 4 --max_new_tokens 96 --learning_rate 1e-5 \
 	  --summary_prompts 4 --summary_max_new_tokens 64 --output_dir $(DEMO_DIR)
+	@echo "== a run that visibly learns: rich-feedback SDPO with sample routing on additions (60 steps, 200 held out)"
+	$(BIN)/python examples/basic_sdpo.py --method routing --max-steps 60 --train-size 256 --eval-size 200 \
+	  --output-dir $(DEMO_DIR)-additions
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
