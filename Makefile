@@ -34,7 +34,7 @@ install: $(STAMP)
 
 # A short online SDPO run on the embedded model: bundled TL;DR posts, a rule-based
 # simulated user who wants concise, casual, beginner-friendly answers (2 CPU cores: ~3 min), then a
-# rich-feedback run on additions that visibly learns (sample routing, 60 steps: ~5 min).
+# rich-feedback run on additions that visibly learns (sample routing, 60 steps).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
