@@ -160,14 +160,15 @@ def test_api_simulator_retries_bounds_concurrency_and_falls_back(monkeypatch, ca
     monkeypatch.setenv(env, SECRET)
     caplog.set_level(logging.DEBUG)
     with FakeLLMServer(failures=[429, 500, 429], empty_for=["question 3"]) as server:
-        sim = cls("no_emojis", base_url=base(server.url), max_concurrency=3, max_retries=5)
+        sim = cls("no_emojis", base_url=base(server.url), max_concurrency=3, max_retries=5, retry_backoff=0.01)
         prompts = [f"question {i}" for i in range(10)]
         replies = sim.followups(prompts, ["Here you go 🎉"] * 10)
-    assert server.requests == 10 + 3  # three failures were retried
+    assert server.requests == 10 + 3 + 5  # three failures were retried, and the always-empty reply 5 times
     assert server.max_active <= 3  # bounded concurrency
     assert server.max_active >= 2  # and actually concurrent
     assert replies[3] == FALLBACK_FOLLOWUP and replies[0] == "Too many emojis."
-    assert sim.stats.fallbacks == 1 and sim.stats.requests == 10
+    assert sim.stats.fallbacks == 1 and sim.stats.requests == 10 and sim.stats.empty == 1
+    assert sim.last_failed == [i == 3 for i in range(10)]
     assert all(b["temperature"] == 0 and b["max_tokens"] == 256 for b in server.bodies)
     assert all(SECRET in (h or "") for h in server.auth_headers)  # the key was sent...
     out = capsys.readouterr()

@@ -11,18 +11,35 @@
 
 The API simulators send requests concurrently up to ``max_concurrency``. Each request
 is tried up to ``max_retries + 1`` times: a 408/409/429/5xx answer, a timeout
-(``timeout`` seconds), a connection error, or a 200 answer whose body is not the
-expected JSON is retried after an exponential backoff (``retry_backoff`` seconds,
-doubling, at most ``retry_max_backoff``; a server's ``Retry-After`` of up to 60 s is
-honoured instead). Other 4xx answers are not retried; 401/403/404 (wrong key, no
-access, no such model or endpoint) stop the run with one line, since every later
-request would fail the same way. A request whose last try fails, and a reply that is
-empty, get a neutral fallback follow-up. Requests, retries, failed requests, empty
-replies and fallbacks are counted in :attr:`UserSimulator.stats` (logged as
-``simulator/...`` metrics), and each batch with failures logs one warning naming the
-endpoint actually used and the number of tries. The API key is read from the
-environment when the simulator is built (so a missing key fails before training
-starts) and is never printed, logged or written.
+(``timeout`` seconds), a connection error, a 200 answer whose body is not the
+expected JSON, or a 200 answer with no text (an empty reply) is retried after an
+exponential backoff (``retry_backoff`` seconds, doubling, at most
+``retry_max_backoff``; a server's ``Retry-After`` of up to 60 s is honoured instead).
+Other 4xx answers are not retried; 401/403/404 (wrong key, no access, no such model or
+endpoint) stop the run with one line, since every later request would fail the same way.
+
+**A follow-up that could not be obtained is marked, never passed off as the user's.**
+A request whose last try fails, and a reply that is still empty after the last try, get
+the neutral :data:`FALLBACK_FOLLOWUP` text (so the batch keeps its shape), and after
+every :meth:`UserSimulator.followups` call ``simulator.last_failed[i]`` is True exactly
+where follow-up ``i`` is that fallback (a failed request or an empty reply; local
+simulators: an empty generation). Trainers leave those samples out of the update and
+count them; ``last_failed`` has one entry per follow-up of the last call and is
+replaced, never appended to, by the next call.
+
+**An outage stops the run.** After ``max_consecutive_failures`` requests in a row
+(default 8; 0 = never stop) have failed after all their tries (empty replies
+included; any request that gets a reply resets the count, so a flapping server does
+not stop a run), the API simulators raise :class:`SimulatorOutageError`, whose
+one-line message names the endpoint (base URL and model) and says to resume with
+``--resume_from_checkpoint last``; the commands print it as one line with exit
+status 2. Requests still waiting in the same batch are not sent.
+
+Requests, retries, failed requests, empty replies and fallbacks are counted in
+:attr:`UserSimulator.stats` (logged as ``simulator/...`` metrics), and each batch with
+failures logs one warning naming the endpoint actually used and the number of tries.
+The API key is read from the environment when the simulator is built (so a missing key
+fails before training starts) and is never printed, logged or written.
 """
 
 from __future__ import annotations
@@ -33,8 +50,9 @@ import math
 import os
 import random
 import re
-import warnings
+import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -72,6 +90,14 @@ class SimulatorAPIError(RuntimeError):
     """An API error that retrying cannot fix (wrong key, no access, unknown model or endpoint)."""
 
 
+class SimulatorOutageError(SimulatorAPIError):
+    """``max_consecutive_failures`` requests in a row failed: the endpoint is down; resuming later continues."""
+
+
+class EmptyReplyError(ValueError):
+    """A 200 answer with no text (retried like any other fault)."""
+
+
 class MalformedReplyError(ValueError):
     """A 200 answer whose body is not the JSON the API promises."""
 
@@ -106,6 +132,8 @@ class UserSimulator:
 
     style: str
     stats: SimulatorStats = field(default_factory=SimulatorStats, init=False, repr=False)
+    # after each followups() call: True where that follow-up is the fallback (failed request / empty reply)
+    last_failed: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.persona = persona_description(self.style)  # fails early on an unknown style
@@ -117,7 +145,7 @@ class UserSimulator:
         replies = self._followups(list(prompts), list(responses))
         self.stats.seconds += time.perf_counter() - start
         self.stats.requests += len(replies)
-        out = []
+        out, failed = [], []
         for reply in replies:
             if reply is None:  # no usable answer after the last try (logged where it failed)
                 self.stats.failed += 1
@@ -125,10 +153,12 @@ class UserSimulator:
             else:
                 text = reply.strip()
                 self.stats.empty += not text
+            failed.append(not text)
             if not text:
                 self.stats.fallbacks += 1
                 text = FALLBACK_FOLLOWUP
             out.append(text)
+        self.last_failed = failed
         return out
 
     def prompt_for(self, prompt: str, response: str) -> str:
@@ -360,14 +390,18 @@ class _APISimulator(UserSimulator):
     retry_max_backoff: float = 8.0
     temperature: float | None = 0.0
     max_tokens: int = 256
+    max_consecutive_failures: int = 8  # failed requests in a row that stop the run (0 = never stop)
+
+    outage_hint = "when it answers again, resume with --resume_from_checkpoint last"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("max_concurrency",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("max_retries", "max_consecutive_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("timeout", "retry_max_backoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
@@ -375,6 +409,9 @@ class _APISimulator(UserSimulator):
             raise ValueError(f"retry_backoff must be >= 0 seconds, got {self.retry_backoff}")
         # the SDK's own retries are off: every try goes through _call, which counts it
         self._client = self._make_client(_require_key(self.api_key_env, type(self).__name__))
+        self._lock = threading.Lock()
+        self._consecutive_failures = 0  # requests in a row whose last try failed (across batches)
+        self._stop: SimulatorAPIError | None = None  # set once the run must stop: later requests are not sent
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(style={self.style!r}, model={self.model!r}, base_url={self.endpoint!r})"
@@ -401,10 +438,17 @@ class _APISimulator(UserSimulator):
         return [r.text for r in self.complete_detailed(texts)]
 
     def complete_detailed(self, texts: Sequence[str]) -> list[APICallResult]:
+        """One result per text; ``text`` is None where every try failed and "" where every reply was empty.
+        Raises :class:`SimulatorAPIError` (or its :class:`SimulatorOutageError`) when the run must stop."""
+        self._stop = None
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             results = list(pool.map(self._call, texts))
         self.stats.retries += sum(r.tries - 1 for r in results)
         failed = [r for r in results if r.text is None]
+        empty = sum(r.text == "" for r in results)
+        if empty:  # every try answered with no text
+            log.warning("%s: %d of %d replies were still empty after %d tries; they get %s", self._who(), empty,
+                        len(results), self.tries, self.failure_outcome.replace("a 'failed' verdict", "no verdict"))
         if failed:
             kinds = sorted({r.error for r in failed})
             low, high = min(r.tries for r in failed), max(r.tries for r in failed)  # not retried: 1 try
@@ -416,19 +460,49 @@ class _APISimulator(UserSimulator):
     failure_outcome = "the fallback follow-up"  # how a failed request is reported (judges: a 'failed' verdict)
 
     def _call(self, text: str) -> APICallResult:
+        result = self._tries(text)
+        with self._lock:
+            if result.text:
+                self._consecutive_failures = 0
+                return result
+            self._consecutive_failures += 1
+            limit = self.max_consecutive_failures
+            if limit and self._consecutive_failures >= limit and self._stop is None:
+                self._stop = SimulatorOutageError(
+                    f"{self._who()}: {self._consecutive_failures} requests in a row failed after up to "
+                    f"{self.tries} tries each (last: {result.error}); the endpoint looks down, so the run "
+                    f"stopped; {self.outage_hint}")
+            if self._stop is not None:
+                raise self._stopped()
+        return result
+
+    def _stopped(self) -> SimulatorAPIError:
+        """A fresh copy of the stop error for this thread (one exception object is not raised twice)."""
+        return type(self._stop)(str(self._stop))
+
+    def _tries(self, text: str) -> APICallResult:
         error, wait = "", None
         for attempt in range(self.tries):
             if attempt:
                 time.sleep(self._backoff(attempt, wait))
+            if self._stop is not None:  # another request found the run must stop: send nothing more
+                raise self._stopped()
             try:
-                return APICallResult(self._request(text), attempt + 1)
+                reply = self._request(text)
+                if not (reply or "").strip():
+                    raise EmptyReplyError("empty reply")
+                return APICallResult(reply, attempt + 1)
             except Exception as err:  # noqa: BLE001 - sorted into retry / give up / stop below
                 retry, error, wait = self._classify(err)
                 if retry is None:  # cannot succeed on any request: stop, naming who and why (never the key)
-                    raise SimulatorAPIError(f"{self._who()}: {error}; not retried") from None
+                    with self._lock:
+                        if self._stop is None:
+                            self._stop = SimulatorAPIError(f"{self._who()}: {error}; not retried")
+                    raise self._stopped() from None
                 if not retry:
                     return APICallResult(None, attempt + 1, error)
-        return APICallResult(None, self.tries, error)
+        # still empty after the last try: a reply with no text (counted as empty, not as failed)
+        return APICallResult("" if error == "empty reply" else None, self.tries, error)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
@@ -452,6 +526,8 @@ class _APISimulator(UserSimulator):
             if status in (408, 409, 429) or status >= 500:
                 return True, f"HTTP {status}", _retry_after(err)
             return False, f"HTTP {status}", None
+        if isinstance(err, EmptyReplyError):
+            return True, "empty reply", None
         if isinstance(err, (json.JSONDecodeError, MalformedReplyError, sdk.APIResponseValidationError)):
             return True, "malformed response body", None
         raise err  # a bug of ours, not an API fault

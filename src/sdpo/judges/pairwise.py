@@ -156,7 +156,7 @@ class Judge:
             for i, reply in zip(chunk, got):
                 replies[i] = reply
             if self.cache is not None:
-                self.cache.add({keys[i]: reply for i, reply in zip(chunk, got) if reply is not None})
+                self.cache.add({keys[i]: reply for i, reply in zip(chunk, got) if reply})  # never an empty reply: a re-run asks again
         verdicts = [FAILED if r is None else parse_verdict(r) for r in replies]
         n_failed, n_unparsed = sum(v == FAILED for v in verdicts), sum(v is None for v in verdicts)
         self.failed += n_failed

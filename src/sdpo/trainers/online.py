@@ -67,6 +67,9 @@ class OnlineSDPOConfig:
     simulator_max_retries: int = field(default=6, metadata={"help": "API: retries after the first try of a request"})
     simulator_timeout: float = field(default=60.0, metadata={"help": "API: seconds per try"})
     simulator_retry_backoff: float = field(default=0.5, metadata={"help": "API: first wait in seconds, doubling"})
+    simulator_max_consecutive_failures: int = field(
+        default=8, metadata={"help": "API: stop the run (resumable) after this many requests in a row failed after "
+                                     "all their tries (0 = never stop)"})
     simulator_temperature: float | None = field(default=None, metadata={"help": "default 0.7 local, 0 API"})
     simulator_max_new_tokens: int | None = field(default=None, metadata={"help": "default 128 local, 256 API"})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
@@ -229,7 +232,8 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
     cls = sims.ClaudeStyleUserSimulator if cfg.simulator == "claude" else sims.OpenAICompatibleUserSimulator
     kwargs = dict(base_url=cfg.simulator_base_url, max_concurrency=cfg.simulator_concurrency,
                   max_retries=cfg.simulator_max_retries, timeout=cfg.simulator_timeout,
-                  retry_backoff=cfg.simulator_retry_backoff)
+                  retry_backoff=cfg.simulator_retry_backoff,
+                  max_consecutive_failures=cfg.simulator_max_consecutive_failures)
     if cfg.simulator_model:
         kwargs["model"] = cfg.simulator_model
     if cfg.simulator_temperature is not None:
