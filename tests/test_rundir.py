@@ -255,8 +255,8 @@ def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path
     kills = during_write = resumed = 0
     for attempt in range(5):
         done = rundir.complete_checkpoints(out, warn=False)
-        extra = ("--resume_from_checkpoint", "last") if done else (("--overwrite_output_dir", "true") if out.exists()
-                                                                   else ())
+        # the same command every time: with no complete checkpoint yet, 'last' starts from the beginning
+        extra = ("--resume_from_checkpoint", "last")
         proc = subprocess.Popen(_cli(_args(prompts_file, out, *common, *extra)), cwd=ROOT, env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         rows = _rows(out) if done else 0
@@ -280,8 +280,7 @@ def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path
         assert proc.returncode == -9, stderr[-3000:]
         kills += 1
     assert kills >= 3 and during_write >= 1 and resumed >= 2, (kills, during_write, resumed)
-    done = rundir.complete_checkpoints(out, warn=False)
-    extra = ("--resume_from_checkpoint", "last") if done else ("--overwrite_output_dir", "true")
+    extra = ("--resume_from_checkpoint", "last")
     final = subprocess.run(_cli(_args(prompts_file, out, *common, *extra)), cwd=ROOT, env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -291,6 +290,43 @@ def test_kill_9_at_random_moments_resumes_to_the_same_run(prompts_file, tmp_path
     assert [m["step"] for m in b] == list(range(1, 9))
     assert all(abs(x["loss"] - y["loss"]) <= 1e-6 for x, y in zip(a, b))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-7", "checkpoint-8"]
+
+
+def test_killed_before_the_first_checkpoint_the_same_command_or_resume_last_starts_over(prompts_file, tmp_path,
+                                                                                        capsys):
+    out = tmp_path / "run"
+    args = _args(prompts_file, out, "--max_steps", "6", "--save_steps", "5")
+    proc = subprocess.Popen(_cli(args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert _wait_for(lambda: _rows(out) >= 1, proc), proc.communicate()[1][-3000:]
+    proc.kill()  # kill -9 after a step, before the first checkpoint (step 5)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -9 and not rundir.complete_checkpoints(out, warn=False)
+    (out / "checkpoint-5.tmp").mkdir()  # and as if a checkpoint write had been cut short too
+    short = _args(prompts_file, out, "--max_steps", "2", "--save_steps", "5")
+    assert main(short) == 0  # the same command again (shorter, to keep the test fast)
+    err = capsys.readouterr().err
+    assert f"--output_dir {out} holds a run stopped before its first complete checkpoint (" in err
+    assert "starting over" in err and _steps(out) == [1, 2]
+    assert not (out / "checkpoint-5.tmp").exists()
+
+    # --resume_from_checkpoint last with no complete checkpoint: from the beginning, said in one line
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    assert main(_args(prompts_file, again, "--max_steps", "1", "--resume_from_checkpoint", "last")) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "no complete checkpoint" in line]
+    assert lines == [f"--resume_from_checkpoint last: no complete checkpoint in {again} yet (metrics.jsonl of a "
+                     "run stopped before its first save removed); starting from the beginning"]
+    assert "resumed from" not in captured.out and _steps(again) == [1]
+    # in a fresh directory too (nothing to say about removed files)
+    assert main(_args(prompts_file, tmp_path / "fresh", "--max_steps", "1", "--resume_from_checkpoint", "last")) == 0
+    assert "no complete checkpoint in" in capsys.readouterr().err
+
+    # a finished run is still protected: the plain re-run refuses as before
+    assert main(short) == 2
+    assert "holds another run" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- offline
@@ -418,3 +454,74 @@ def test_full_disk_during_an_offline_save_is_one_line_and_resume_works(records_f
             "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
             "--disable_tqdm", "true", "--seed", "0", "--report_to", "none"]
     _check_full_disk(_full_disk_run(tmp_path, args))
+
+
+# ---------------------------------------------------------------------------- offline: the end of a run
+def _offline_args(records_file, out, *extra):
+    return ["train-offline", "--train_jsonl", str(records_file), "--model_name_or_path", "tiny-random",
+            "--output_dir", str(out), "--report_to", "none", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--warmup_steps", "0", "--seed", "0",
+            "--save_steps", "1", "--disable_tqdm", "true", *extra]
+
+
+def _checkpoint_steps(out):
+    return sorted(rundir.checkpoint_step(p) for p in out.glob("checkpoint-*"))
+
+
+def test_offline_resume_of_a_finished_run_trains_nothing(records_file, tmp_path, capsys):
+    out = tmp_path / "offline"
+    assert main(_offline_args(records_file, out, "--max_steps", "2")) == 0
+    before = _weights(out)
+    rows = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(_offline_args(records_file, out, "--max_steps", "2", "--resume_from_checkpoint", "last")) == 0
+    printed = capsys.readouterr().out
+    assert f"{out / 'checkpoint-2'} is at step 2 of 2: the run is done, nothing to train" in printed
+    assert "done: 2 steps" in printed
+    assert _checkpoint_steps(out) == [1, 2]  # no checkpoint-3
+    assert _max_diff(_weights(out), before) == 0 and (out / "metrics.jsonl").read_text() == rows
+    # --resume_from_checkpoint last before any complete checkpoint: from the beginning (offline too)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "checkpoint-1").mkdir()  # a Trainer write cut before its trainer_state.json
+    assert main(_offline_args(records_file, fresh, "--max_steps", "1", "--resume_from_checkpoint", "last")) == 0
+    assert "no complete checkpoint in" in capsys.readouterr().err
+    assert rundir.is_complete(fresh / "checkpoint-1")
+
+
+KILL_AFTER_FINAL_SAVE = r"""
+import json, os, signal, sys
+from transformers import TrainerCallback
+from sdpo.cli import parse_command_args
+from sdpo.trainers.offline import OfflineSDPOConfig, train_offline
+
+class KillAfterTheFinalSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):  # called once checkpoint-<step> is complete
+        if state.global_step >= state.max_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+config = parse_command_args("train-offline", OfflineSDPOConfig, json.loads(sys.argv[1]))
+train_offline(config, callbacks=[KillAfterTheFinalSave()])
+"""
+
+
+def test_offline_kill_9_right_after_the_final_save_ends_at_max_steps(records_file, tmp_path, capsys):
+    straight = tmp_path / "straight"
+    assert main(_offline_args(records_file, straight, "--max_steps", "3")) == 0
+    out = tmp_path / "killed"
+    args = _offline_args(records_file, out, "--max_steps", "3")
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FINAL_SAVE, json.dumps(args[1:])], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert rundir.is_complete(out / "checkpoint-3") and not (out / "model.safetensors").exists()
+    capsys.readouterr()
+    for _ in range(2):  # resumed twice: still step 3, no step past the end
+        assert main([*args, "--resume_from_checkpoint", "last"]) == 0
+        assert "is at step 3 of 3: the run is done, nothing to train" in capsys.readouterr().out
+        assert _checkpoint_steps(out) == [1, 2, 3]
+        state = json.loads((out / "checkpoint-3" / rundir.STATE_NAME).read_text())
+        assert state["global_step"] == 3
+        assert _max_diff(_weights(out), _weights(straight)) <= 1e-6  # the final model, as an uninterrupted run
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == [1, 2, 3]

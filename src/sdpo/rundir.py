@@ -10,6 +10,10 @@ Shared by the online trainer (our own accelerate loop) and the offline trainer
   even on ``kill -9``), then a refusal if the directory holds another run's checkpoints
   or metrics (unless resuming), or their removal with ``overwrite``. Under a
   multi-process launch only the main process takes the lock and clears the directory.
+  A run stopped before its first complete checkpoint (and never finished) is never in
+  the way: the same command again starts over in its directory, and
+  ``--resume_from_checkpoint last`` there starts from the beginning; both say so in
+  one line (:func:`resume_target` then gives None).
 * :func:`complete_checkpoints` - the ``checkpoint-<step>`` directories whose write
   finished (``trainer_state.json`` present and readable), oldest first; incomplete ones
   are named in a warning. ``last`` means the newest of these.
@@ -145,20 +149,59 @@ def claim(output_dir: str | os.PathLike, *, resume: str | None = None, overwrite
     _held[key] = [_lock(path) if main else None, 1]
     try:
         if resume in LAST and not complete_checkpoints(path, warn=False):
-            raise RunDirError(f"--resume_from_checkpoint {resume}: no complete checkpoint in {path}")
+            if not unfinished_without_checkpoint(path):  # a finished run that kept no checkpoint
+                raise RunDirError(f"--resume_from_checkpoint {resume}: no complete checkpoint in {path}, which "
+                                  "holds a finished run; start over with --overwrite_output_dir true")
+            # killed before its first save: nothing to continue from, so the run starts from the beginning
+            used = previous_run_outputs(path)
+            if main:
+                clear_run_outputs(path)
+                print(f"--resume_from_checkpoint {resume}: no complete checkpoint in {path} yet"
+                      + (f" ({_names(used)} of a run stopped before its first save removed)" if used else "")
+                      + "; starting from the beginning", file=sys.stderr, flush=True)
         if not resume:
             used = previous_run_outputs(path)
-            if used and overwrite:
+            if used and not overwrite and unfinished_without_checkpoint(path):
+                if main:  # the same command again after a kill before the first save: start over
+                    clear_run_outputs(path)
+                    print(f"--output_dir {path} holds a run stopped before its first complete checkpoint "
+                          f"({_names(used)}); starting over", file=sys.stderr, flush=True)
+            elif used and overwrite:
                 if main:
                     clear_run_outputs(path)
             elif used:
-                names = ", ".join(u.name for u in used[:3]) + (", ..." if len(used) > 3 else "")
-                raise RunDirError(f"--output_dir {path} holds another run ({names}); continue it with "
+                raise RunDirError(f"--output_dir {path} holds another run ({_names(used)}); continue it with "
                                   "--resume_from_checkpoint last, or start over with --overwrite_output_dir true "
                                   "(deletes its checkpoints and metrics), or choose another --output_dir")
         yield path
     finally:
         _release(key)
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(u.name for u in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def unfinished_without_checkpoint(path: str | os.PathLike) -> bool:
+    """``path`` holds what a run leaves before its first complete checkpoint (metrics rows, a checkpoint
+    write that never finished) and nothing of a finished run (a complete checkpoint, ``summary.json``,
+    a final model): the run can only be started again, so a re-run may clear it."""
+    p = Path(path)
+    if complete_checkpoints(p, warn=False) or (p / "summary.json").exists():
+        return False
+    final = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
+             "sdpo_config.json")
+    return not any((p / name).exists() for name in final)
+
+
+def resume_target(output_dir: str | os.PathLike, resume: str | None) -> str | None:
+    """What a run held by :func:`claim` resumes from: ``resume`` itself, or None when there is nothing to
+    resume (not asked, or ``last`` in a directory with no complete checkpoint: start from the beginning)."""
+    if resume in (None, "", "false", "False"):
+        return None
+    if resume in LAST and not complete_checkpoints(output_dir, warn=False):
+        return None
+    return resume
 
 
 def _release(key: str) -> None:

@@ -313,8 +313,8 @@ def resolve_resume(config: OfflineSDPOConfig):
     ones are skipped with a warning)."""
     from sdpo import rundir
 
-    value = config.resume_from_checkpoint
-    if value in (None, "", "false", "False"):
+    value = rundir.resume_target(config.output_dir, config.resume_from_checkpoint)
+    if value is None:  # not asked, or 'last' before the first complete checkpoint: from the beginning
         return None
     if value in rundir.LAST:
         return str(rundir.last_checkpoint(config.output_dir, warn=config.process_index == 0))
@@ -410,9 +410,13 @@ def _train_offline(config: OfflineSDPOConfig, **kwargs):
         print(trainer.load_report.summary())
         for line in trainer.load_report.first_errors:
             print(f"  skipped: {line}")
-    if resume is not None and trainer.is_world_process_zero():  # the resumed steps are logged again
+    if resume is not None:
         step = json.loads((Path(resume) / rundir.STATE_NAME).read_text()).get("global_step", 0)
-        rundir.truncate_metrics(Path(config.output_dir) / "metrics.jsonl", step)
+        planned = planned_steps(config, len(trainer.train_dataset))
+        if step >= planned:  # Trainer would take one more step past the end; there is nothing left to train
+            return _finished_already(trainer, config, resume, step, planned)
+        if trainer.is_world_process_zero():  # the resumed steps are logged again
+            rundir.truncate_metrics(Path(config.output_dir) / "metrics.jsonl", step)
     if trainer.is_world_process_zero():
         note = learning_rate_note(config, len(trainer.train_dataset))
         if note:
@@ -424,10 +428,31 @@ def _train_offline(config: OfflineSDPOConfig, **kwargs):
     consolidate_zero3_saves(trainer.accelerator)
     with _disk_full_is_one_line(config.output_dir, "a checkpoint"):
         trainer.train(resume_from_checkpoint=resume)
+    _save_final(trainer, config)
+    return trainer
+
+
+def _save_final(trainer, config: OfflineSDPOConfig) -> None:
+    """The final model and ``sdpo_config.json`` in output_dir."""
     full_state_dict_for_final_save(trainer.accelerator)
     with _disk_full_is_one_line(config.output_dir, "the final model"):
         trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         settings = {k: v for k, v in asdict(config).items() if "token" not in k.lower() or k.endswith("_tokens")}
         (Path(config.output_dir) / "sdpo_config.json").write_text(json.dumps(settings, indent=1, default=str))
+
+
+def _finished_already(trainer, config: OfflineSDPOConfig, resume: str, step: int, planned: int):
+    """Resuming a run whose checkpoint is at (or past) the last step: nothing is trained. The final model
+    is written from that checkpoint when a kill came between the last checkpoint and the final save."""
+    from transformers import TrainerState
+
+    from sdpo import rundir
+
+    trainer.state = TrainerState.load_from_json(str(Path(resume) / rundir.STATE_NAME))
+    if trainer.is_world_process_zero():
+        print(f"{resume} is at step {step} of {planned}: the run is done, nothing to train", flush=True)
+    if not (Path(config.output_dir) / "sdpo_config.json").is_file():  # written after the final model
+        trainer._load_from_checkpoint(resume)
+        _save_final(trainer, config)
     return trainer

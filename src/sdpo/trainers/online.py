@@ -620,8 +620,9 @@ class OnlineSDPOTrainer:
             out.mkdir(parents=True, exist_ok=True)
             (out / "sdpo_online_config.json").write_text(json.dumps(asdict(cfg), indent=1))
         history = []
-        if cfg.resume_from_checkpoint:
-            resumed = self.load_checkpoint(cfg.resume_from_checkpoint)
+        resume = rundir.resume_target(out, cfg.resume_from_checkpoint)  # None: 'last' with no checkpoint yet
+        if resume:
+            resumed = self.load_checkpoint(resume)
             acc.print(f"resumed from {resumed} at step {self.step}")
             if acc.is_main_process:  # what came after the checkpoint is done again: no duplicate rows
                 rundir.truncate_metrics(out / "metrics.jsonl", self.step)
