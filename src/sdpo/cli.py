@@ -29,7 +29,8 @@ COMMANDS: dict[str, Command] = {
     "teacher-check": Command(
         "teacher_check", "can the model teach itself? teacher vs student on a task and on follow-ups; SDPO/hybrid/GRPO"
     ),
-    "prepare": Command("prepare", "mine (x, y, o) records from WildFeedback / WildChat logs"),
+    "prepare": Command("prepare", "prompts (TL;DR, HelpSteer2) for train-online; (x, y, o) records from "
+                                  "WildFeedback / WildChat logs"),
     "train-online": Command("train_online", "online SDPO: generate, ask a simulated user, learn from the reply"),
     "train-offline": Command("train_offline", "offline SDPO on logged (x, y, o) interaction records"),
     "eval": Command("eval", "eval checkpoints: pairwise win rate of checkpoints against a baseline"),
@@ -77,9 +78,41 @@ def _load_yaml(path: str, fields: set[str]) -> dict:
     return data
 
 
+HELP_WIDTH = 100  # at most; narrower terminals get their own width
+
+
+_width_override: int | None = None
+
+
+def _help_width() -> int:
+    import shutil
+
+    if _width_override:
+        return _width_override
+    return max(40, min(HELP_WIDTH, shutil.get_terminal_size().columns - 2))
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown; each option under its ``--snake_case`` name only (the ``--kebab-case``
-    twin HfArgumentParser adds still works, it just does not double every help line)."""
+    """Defaults shown where there is one (not ``(default: None)``); each option under its ``--snake_case``
+    name only (the ``--kebab-case`` twin HfArgumentParser adds still works, it just does not double every
+    help line); a boolean option reads ``--x [true|false]`` and its ``--no_x`` twin says what it does."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=30, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width or _help_width())
+
+    def _get_help_string(self, action):
+        import re
+
+        text = re.sub(r"%(?!\()", "%%", action.help or "")  # a literal "90%" in a help text, not a format
+        default = action.default
+        if (default is None or default == "" or default is argparse.SUPPRESS or "%(default)" in text
+                or isinstance(action, (argparse._StoreFalseAction, argparse._StoreTrueAction, argparse._HelpAction))):
+            return text
+        if isinstance(default, bool):
+            return f"{text} (default: {str(default).lower()})"
+        if isinstance(default, (list, tuple)) and not default:
+            return text
+        return f"{text} (default: %(default)s)"
 
     def _format_action_invocation(self, action):
         strings = action.option_strings
@@ -94,17 +127,112 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             action.option_strings = strings
 
 
-def parse_command_args(name: str, dataclass_type, argv: Sequence[str], description: str | None = None):
-    """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values)."""
-    from transformers import HfArgumentParser
+# Help groups, in the order they print. A field's group is its metadata "group" if it has one, else the
+# first rule below that its name matches (exact names, then prefixes, then suffixes).
+HELP_GROUPS = ("basic", "model", "training", "generation", "simulator", "judge", "vLLM", "distributed",
+               "checkpoint", "logging", "other")
+_GROUP_NAMES: dict[str, tuple[str, ...]] = {
+    "basic": ("action", "what", "dataset", "design", "task", "method", "methods", "train_jsonl", "val_jsonl",
+              "data_path", "input_file", "pref_path", "prompts_path", "cases", "n_cases", "prompt", "response",
+              "followup", "output_dir", "out_dir", "run_dir", "grid_dir", "results_dir", "output", "out", "ckpts",
+              "style", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+              "gradient_accumulation_steps", "eval_n", "num_samples", "baseline", "max_train_prompts"),
+    "model": ("model", "model_name_or_path", "model_id", "base_model_id", "ref_model_id", "reward_model_id", "dtype",
+              "model_dtype", "device", "use_lora", "gradient_checkpointing", "attn_implementation",
+              "trust_remote_code"),
+    "training": ("seed", "batch_size", "grad_accum_steps", "weight_decay", "max_grad_norm", "optim", "warmup_steps",
+                 "warmup_ratio", "lr_scheduler", "lr_scheduler_type", "schedule_horizon", "ppo_clip", "kl_coef",
+                 "loss", "ignore_first_tokens", "mask_eos_advantage", "rule_reward_weight", "epochs", "beta",
+                 "update_mode", "collect_only", "train_sampling_strategy", "max_records", "skip_invalid",
+                 "contrastive_followup", "selectivity_threshold", "kl_to_start", "remove_unused_columns", "scale_loss_by_accumulation"),
+    "generation": ("max_new_tokens", "temperature", "top_p", "top_k", "num_generations", "generation_batch_size",
+                   "template", "system_prompt", "max_context_tokens", "max_prompt_tokens", "max_prompt_length",
+                   "max_response_length", "append_eos", "eval_max_new_tokens"),
+    "simulator": ("simulate", "turns", "eval_every", "prompts"),
+    "judge": ("oracle",),
+    "vLLM": ("use_vllm",),
+    "distributed": ("gpus", "workers_per_gpu", "deepspeed", "local_rank", "ddp_backend", "ddp_timeout"),
+    "checkpoint": ("save_steps", "save_every", "save_total_limit", "save_only_model", "resume_from_checkpoint",
+                   "overwrite_output_dir", "undo_depth"),
+    "logging": ("report_to", "project", "progress", "run_name", "logging_steps", "logging_dir", "json", "color",
+                "dry_run"),
+}
+_GROUP_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("simulator", "simulator"), ("judge", "judge"), ("vllm_", "vLLM"), ("lora_", "model"), ("fsdp", "distributed"),
+    ("ddp_", "distributed"), ("summary_", "logging"), ("logging_", "logging"), ("advantage_", "training"),
+    ("distillation_", "training"), ("gen_", "generation"), ("save_", "checkpoint"), ("host", "other"),
+)
 
-    parser = HfArgumentParser(
-        dataclass_type, prog=f"sdpo {name}", description=description or COMMANDS[name].summary, allow_abbrev=False,
-        formatter_class=_HelpFormatter,
-    )
-    parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
-    _our_options_first(parser, dataclass_type, name)
+
+def option_group(dest: str, metadata=None) -> str:
+    """The help group of the option ``--dest`` (see :data:`HELP_GROUPS`)."""
+    chosen = (metadata or {}).get("group")
+    if chosen:
+        return chosen
+    dest = dest.removeprefix("no_") if dest.startswith("no_") and dest[3:] else dest
+    for group, names in _GROUP_NAMES.items():
+        if dest in names:
+            return group
+    for prefix, group in _GROUP_PREFIXES:
+        if dest.startswith(prefix):
+            return group
+    return "other"
+
+
+def _hf_argument_parser():
+    """``transformers.HfArgumentParser``, without importing the ``transformers`` package where it is not loaded yet.
+
+    Importing ``transformers`` costs about a second (hub client, numpy, ...) before any option is parsed;
+    its ``hf_argparser`` module itself needs only the standard library and PyYAML, so it is loaded from its
+    file as a module of its own. The parsing is the same code either way."""
+    loaded = sys.modules.get("transformers.hf_argparser")
+    if loaded is None:
+        loaded = sys.modules.get("sdpo._hf_argparser")
+    if loaded is None:
+        try:
+            import importlib.util
+
+            package = importlib.util.find_spec("transformers")  # finds the package without importing it
+            path = Path(package.submodule_search_locations[0]) / "hf_argparser.py"
+            spec = importlib.util.spec_from_file_location("sdpo._hf_argparser", path)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules["sdpo._hf_argparser"] = loaded
+            spec.loader.exec_module(loaded)
+        except Exception:  # another layout: the ordinary import
+            sys.modules.pop("sdpo._hf_argparser", None)
+            from transformers import hf_argparser as loaded
+    base = loaded.HfArgumentParser
+
+    class Parser(base):
+        """HfArgumentParser, with a field's metadata key ``group`` (its help group) kept out of argparse."""
+
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            if "group" in field.metadata:
+                import copy
+                import types
+
+                field = copy.copy(field)
+                field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k != "group"})
+            return base._parse_dataclass_field(parser, field)
+
+    return Parser
+
+
+def parse_command_args(name: str, dataclass_type, argv: Sequence[str], description: str | None = None,
+                       prog: str | None = None):
+    """Parse ``argv`` into ``dataclass_type`` (flags override ``--config`` YAML values).
+
+    ``--help`` prints the grouped help (and keeps it for :func:`help_cache_load`) and exits 0."""
+    prog = prog or f"sdpo {name}"
+    parser = build_parser(prog, dataclass_type, description or COMMANDS[name].summary)
     argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        text = parser.format_help()
+        help_cache_store(prog, text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise SystemExit(0)
     config_path = None
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
@@ -233,6 +361,28 @@ _PROMOTED = ("output_dir", "max_steps", "seed", "resume_from_checkpoint")
 # what a first run sets, at the top of a long help
 _FIRST = ("model_name_or_path", "train_jsonl", "output_dir", "max_steps", "learning_rate", "num_train_epochs",
           "per_device_train_batch_size", "gradient_accumulation_steps")
+_GROUPED_FROM = 12  # commands with fewer options print them in one list
+
+
+def build_parser(prog: str, dataclass_type, description: str):
+    """The parser of one command: HfArgumentParser semantics, ``--config``, grouped help."""
+    HfArgumentParser = _hf_argument_parser()
+    parser = HfArgumentParser(dataclass_type, prog=prog, description=description, allow_abbrev=False,
+                              formatter_class=_HelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of options (flags given too win)")
+    _tidy_booleans(parser)
+    _group_options(parser, dataclass_type, prog)
+    return parser
+
+
+def _tidy_booleans(parser) -> None:
+    """``--x [true|false]`` instead of ``--x [X]``; the ``--no_x`` twin's help says what it does (it was a copy
+    of ``--x``'s, so ``--no_progress`` read "show a progress bar")."""
+    for action in parser._actions:
+        if getattr(action.type, "__name__", "") == "string_to_bool" and action.nargs == "?":
+            action.metavar = "true|false"
+        if isinstance(action, argparse._StoreFalseAction) and any(o.startswith("--no_") for o in action.option_strings):
+            action.help = f"the same as --{action.dest} false"
 
 
 def _field_origins(dataclass_type) -> tuple[set[str], set[str]]:
@@ -247,40 +397,162 @@ def _field_origins(dataclass_type) -> tuple[set[str], set[str]]:
     return ours - theirs, theirs - ours
 
 
-def _our_options_first(parser, dataclass_type, name: str) -> None:
-    """Help lists the command's own options first, then the inherited Hugging Face ones
-    (``TrainingArguments``: hundreds of flags) under their own heading, and a short usage line."""
+def _group_options(parser, dataclass_type, prog: str) -> None:
+    """Help in groups: ``-h`` and ``--config``, then the command's own options by topic (:data:`HELP_GROUPS`;
+    one list for a short command), then the inherited Hugging Face ones (``TrainingArguments``: hundreds of
+    flags) under their own heading; a short usage line."""
     if not dataclasses.is_dataclass(dataclass_type):
         return
+    parser.usage = f"{prog} [options]"
     new, foreign = _field_origins(dataclass_type)
-    if not foreign:
-        return
     foreign -= set(_PROMOTED)
-    ours = parser.add_argument_group(f"sdpo {name} options")
-    hf = parser.add_argument_group(
-        "Hugging Face TrainingArguments (all accepted)",
-        "every transformers.TrainingArguments flag works here too; the defaults shown are ours where we changed "
-        "them (see the options above)")
+    metadata = {f.name: f.metadata for f in dataclasses.fields(dataclass_type)}
     general = parser._optionals
-    for action in list(general._group_actions):
-        if action.dest in ("help", "config"):
-            continue
-        target = hf if action.dest in foreign or action.dest.removeprefix("no_") in foreign else ours
+    movable = [a for a in general._group_actions if a.dest not in ("help", "config")]
+    theirs = [a for a in movable if a.dest in foreign or a.dest.removeprefix("no_") in foreign]
+    ours = [a for a in movable if a not in theirs]
+    groups = []
+    if len({a.dest for a in ours}) >= _GROUPED_FROM:
+        by_group: dict[str, list] = {}
+        for action in ours:
+            by_group.setdefault(option_group(action.dest, metadata.get(action.dest)), []).append(action)
+        order = list(HELP_GROUPS) + [g for g in by_group if g not in HELP_GROUPS]
+        for title in order:
+            if by_group.get(title):
+                group = parser.add_argument_group(f"{title} options")
+                group._group_actions.extend(by_group[title])
+                groups.append(group)
+    elif theirs:
+        group = parser.add_argument_group(f"{prog} options")
+        group._group_actions.extend(ours)
+        groups.append(group)
+    else:
+        return
+    if theirs:  # a first run's options first (in that order), then ours before the inherited defaults we set
+        for group in groups:
+            group._group_actions.sort(key=lambda a: (_FIRST.index(a.dest) if a.dest in _FIRST else len(_FIRST),
+                                                     a.dest not in new and a.dest.removeprefix("no_") not in new))
+    for action in movable:
         general._group_actions.remove(action)
-        target._group_actions.append(action)
-    # our own fields first (in declaration order), then the TrainingArguments fields whose defaults we set
-    # (after the few a first run sets)
-    ours._group_actions.sort(key=lambda a: (_FIRST.index(a.dest) if a.dest in _FIRST else len(_FIRST),
-                                            a.dest not in new and a.dest.removeprefix("no_") not in new))
-    # the groups print in this order: general (--help), ours, then the Hugging Face block
-    parser._action_groups = [g for g in parser._action_groups if g not in (ours, hf)] + [ours, hf]
-    parser.usage = f"sdpo {name} [options]   (its own options first; TrainingArguments flags listed last)"
+    if theirs:
+        hf = parser.add_argument_group(
+            "Hugging Face TrainingArguments (all accepted)",
+            "every transformers.TrainingArguments flag works here too; the defaults shown are ours where we "
+            "changed them (see the options above)")
+        hf._group_actions.extend(theirs)
+        groups.append(hf)
+    # the groups print in this order: general (--help, --config), ours by topic, then the Hugging Face block
+    parser._action_groups = [g for g in parser._action_groups if g not in groups] + groups
+
+
+# ------------------------------------------------------------------------------------------- help cache
+def _help_cache_file(prog: str) -> Path:
+    """Where ``prog --help``'s text is kept: keyed on the sdpo sources (paths, sizes, modification times),
+    the Python and transformers/TRL versions and the help width, so any change makes a new entry."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha1(f"{_sources_key()}|{_help_width()}|{prog}".encode())
+    root = os.environ.get("SDPO_CACHE") or os.path.join(Path.home(), ".cache", "sdpo")
+    return Path(root).expanduser() / "help" / f"{_help_slug(prog)}@{digest.hexdigest()[:16]}.txt"
+
+
+_SOURCES_KEY: list[str] = []
+
+
+def _sources_key() -> str:
+    if not _SOURCES_KEY:
+        package = Path(__file__).resolve().parent
+        parts = [f"{p.relative_to(package)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(package.rglob("*.py"))]
+        for dist in ("transformers", "trl"):
+            try:
+                from importlib.metadata import version
+
+                parts.append(f"{dist}={version(dist)}")
+            except Exception:
+                parts.append(f"{dist}=-")
+        _SOURCES_KEY.append(f"{sys.version};{';'.join(parts)}")
+    return _SOURCES_KEY[0]
+
+
+def _help_slug(prog: str) -> str:
+    return f"{prog.replace(' ', '-')}@w{_help_width()}"
+
+
+def help_cache_load(prog: str) -> str | None:
+    """The cached help text of ``prog`` (e.g. ``sdpo train-online``), or None."""
+    try:
+        return _help_cache_file(prog).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def help_cache_store(prog: str, text: str) -> None:
+    """Keep ``text`` for :func:`help_cache_load` (never an error: a read-only cache just stays empty)."""
+    import os
+
+    try:
+        path = _help_cache_file(prog)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f"{_help_slug(prog)}@*.txt"):  # this help's entries for older sources
+            old.unlink(missing_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def warm_help_cache() -> int:
+    """Build and keep every ``sdpo <command> --help`` (and every step's) for this terminal's width and the
+    widest; ``make install`` runs it, so that each help answers at once afterwards. Returns the count."""
+    import contextlib
+    import io
+
+    global _width_override
+    count = 0
+    for width in dict.fromkeys((_help_width(), HELP_WIDTH)):
+        _width_override = width
+        try:
+            for name in COMMANDS:
+                module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")
+                steps = list(getattr(module, "SUBCOMMANDS", None) or {})
+                for argv in [[name]] + [[name, step] for step in steps]:
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                        main([*argv, "--help"])
+                    count += 1
+        finally:
+            _width_override = None
+    return count
+
+
+def _cached_help(name: str, rest: Sequence[str]) -> bool:
+    """``sdpo <name> [step] --help`` from the cache when it is there (importing a trainer's module, for its
+    options, takes seconds; the cached text answers at once). True if it printed the help."""
+    if not any(a in ("-h", "--help") for a in rest):
+        return False
+    step = rest[0] if rest and not rest[0].startswith("-") else None
+    # `sdpo spo train --help` is the step's help (kept as "sdpo spo train"), `sdpo spo --help` the list of steps
+    # (kept as "sdpo spo <step>"), `sdpo eval checkpoints --help` the command's (kept as "sdpo eval")
+    text = help_cache_load(f"sdpo {name} {step}") if step else help_cache_load(f"sdpo {name} <step>")
+    if text is None:
+        text = help_cache_load(f"sdpo {name}")
+    if text is None:
+        return False
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        try:
+            print(_usage())
+        except BrokenPipeError:  # `sdpo --help | head`
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if argv[0] in ("-V", "--version"):
         from sdpo import __version__
@@ -291,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         _error(f"sdpo: unknown command {name!r}", f"\n\n{_usage()}")
         return 2
+    if _cached_help(name, rest):
+        raise SystemExit(0)  # as argparse does after printing a help
     from sdpo.progress import quiet_logs
 
     quiet_logs()  # warnings once (rank 0 only under a launcher), no library banners or nested bars
@@ -302,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listing = "\n".join(f"  {k.ljust(width)}  {v[2]}" for k, v in subcommands.items())
             usage = f"usage: sdpo {name} <step> [options]\n\nsteps:\n{listing}"
             if rest and rest[0] in ("-h", "--help"):
+                help_cache_store(f"sdpo {name} <step>", usage + "\n")
                 print(usage)
                 return 0
             what = f"unknown step {rest[0]!r}" if rest else "missing step"
@@ -310,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub, rest = rest[0], rest[1:]
         arguments, sub_run, summary = subcommands[sub]
         try:
-            args = parse_command_args(name, arguments, rest, description=summary)
+            args = parse_command_args(name, arguments, rest, description=summary, prog=f"sdpo {name} {sub}")
             return _finished(sub_run(args))
         except UsageError as err:
             _error(f"sdpo {name} {sub}: error: {err}")

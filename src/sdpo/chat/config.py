@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from sdpo.cli import UsageError
 from sdpo.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
-from sdpo.trainers.update import LOSSES
+
+# the losses of sdpo.trainers.update.LOSSES, spelt out so that `sdpo chat --help` does not import torch
+# (tests/test_help.py checks they agree)
+LOSSES = ("policy_gradient", "topk_distillation")
 
 # options that define the weights: a restart on the same run directory must use the same
 MODEL_OPTIONS = ("model_name_or_path", "dtype", "use_lora", "lora_r", "lora_alpha")
@@ -70,9 +73,9 @@ class ChatConfig:
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     # server
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on; anything but localhost needs --auth"})
-    port: int = field(default=7860, metadata={"help": "port (0 = a free one)"})
-    auth: str | None = field(default=None, metadata={"help": "user:password for the page (required off localhost)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on; anything but localhost needs --auth", "group": "server"})
+    port: int = field(default=7860, metadata={"help": "port (0 = a free one)", "group": "server"})
+    auth: str | None = field(default=None, metadata={"help": "user:password for the page (required off localhost)", "group": "server"})
     # simulated session (headless)
     simulate: str | None = field(default=None, metadata={"help": "a persona: run a simulated session instead of "
                                                                  "the web chat (see sdpo personas)"})
@@ -84,13 +87,13 @@ class ChatConfig:
     judge_base_url: str | None = field(default=None, metadata={"help": "simulate: API base URL (openai)"})
     turns: int = field(default=100, metadata={"help": "simulate: simulated follow-ups (one update each)"})
     eval_every: int = field(default=10, metadata={"help": "simulate: evaluate against the base model every K updates"})
-    eval_n: int = field(default=16, metadata={"help": "simulate: held-out prompts per evaluation (both orders judged)"})
+    eval_n: int = field(default=16, metadata={"help": "simulate: held-out prompts per evaluation (both orders judged)", "group": "simulator"})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "simulate: answer length in evaluations (greedy)"})
     prompts: str = field(default="tldr", metadata={"help": "simulate: tldr or helpsteer2 (the bundled samples), or a "
                                                            "prompt JSONL"})
     # export
-    output: str | None = field(default=None, metadata={"help": "export: the interactions JSONL to write"})
-    include_excluded: bool = field(default=False, metadata={"help": "export: also undone (excluded) interactions"})
+    output: str | None = field(default=None, metadata={"help": "export: the interactions JSONL to write", "group": "export"})
+    include_excluded: bool = field(default=False, metadata={"help": "export: also undone (excluded) interactions", "group": "export"})
 
     def __post_init__(self):
         def bad(option, why):

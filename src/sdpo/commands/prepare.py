@@ -1,5 +1,8 @@
-"""``sdpo prepare wildfeedback|wildchat``: mine (x, y, o) interaction records from chat logs.
+"""``sdpo prepare tldr|helpsteer2|wildfeedback|wildchat``: prompt sets for ``train-online`` and
+(x, y, o) interaction records mined from chat logs for ``train-offline``.
 
+    sdpo prepare tldr --input_file sample --output data/demo/tldr   # train.jsonl + validation.jsonl prompts
+    sdpo prepare helpsteer2 --output data/helpsteer2                 # HelpSteer2's prompts (hub or local file)
     sdpo prepare wildfeedback                          # hub dataset microsoft/WildFeedback
     sdpo prepare wildchat --input_file export.parquet  # a local export in WildChat's layout
     sdpo prepare wildchat --input_file sample          # the sample shipped with sdpo
