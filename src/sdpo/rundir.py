@@ -146,6 +146,7 @@ def claim(output_dir: str | os.PathLike, *, resume: str | None = None, overwrite
         return
     main = is_main_process() if main is None else main
     check_output_path(path)
+    created = _missing_dirs(path) if main else []  # what this claim creates (removed again if left empty)
     _held[key] = [_lock(path) if main else None, 1]
     try:
         if resume in LAST and not complete_checkpoints(path, warn=False):
@@ -174,8 +175,35 @@ def claim(output_dir: str | os.PathLike, *, resume: str | None = None, overwrite
                                   "--resume_from_checkpoint last, or start over with --overwrite_output_dir true "
                                   "(deletes its checkpoints and metrics), or choose another --output_dir")
         yield path
+    except BaseException:
+        if created and _held[key][1] == 1:  # a failed run leaves no empty directory behind
+            _remove_if_empty(created)
+        raise
     finally:
         _release(key)
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    out = []
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p.parent != p:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the directories a claim created (deepest first) while they hold nothing but its lock file;
+    called while the lock is still held."""
+    lock = created[0] / LOCK_NAME
+    try:
+        if {c.name for c in created[0].iterdir()} <= {LOCK_NAME}:
+            lock.unlink(missing_ok=True)
+        for d in created:
+            d.rmdir()  # fails (and stops) at the first that is not empty
+    except OSError:
+        pass
 
 
 def _names(paths: list[Path]) -> str:

@@ -146,3 +146,6 @@ class ChatConfig:
 
     def model_options(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_OPTIONS}
+
+
+ChatConfig.NUMBER_RULES = {'lora_r': '>=1', 'lora_alpha': '>0', 'max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_context_tokens': '>=1', 'learning_rate': '>0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'distillation_topk': '>=1', 'distillation_alpha': '[0,1]', 'undo_depth': '>=0', 'save_every': '>=1', 'save_total_limit': '>=0', 'seed': '>=0', 'port': '>=0', 'turns': '>=1', 'eval_every': '>=1', 'eval_n': '>=1', 'eval_max_new_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules

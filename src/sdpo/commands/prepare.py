@@ -47,7 +47,7 @@ class PrepareArguments:
     english_only: bool | None = field(default=None, metadata={"help": "keep English only (WildChat default true)"})
 
 
-PrepareArguments.NUMBER_RULES = {'max_conversations': '>=1|None', 'max_pairs': '>=1|None'}  # checked by sdpo.cli.check_number_rules
+PrepareArguments.NUMBER_RULES = {'max_conversations': '>=1|None', 'max_pairs': '>=1|None', 'seed': '>=0'}  # checked by sdpo.cli.check_number_rules
 
 
 ARGUMENTS = PrepareArguments

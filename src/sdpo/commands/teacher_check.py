@@ -41,7 +41,7 @@ class TeacherCheckArguments:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
 
 
-TeacherCheckArguments.NUMBER_RULES = {'n_problems': '>=1', 'num_generations': '>=1', 'max_new_tokens': '>=1', 'n_cases': '>=1', 'batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+TeacherCheckArguments.NUMBER_RULES = {'n_problems': '>=1', 'num_generations': '>=1', 'max_new_tokens': '>=1', 'n_cases': '>=1', 'batch_size': '>=1', 'seed': '>=0'}  # checked by sdpo.cli.check_number_rules
 TeacherCheckArguments.OUTPUT_FILES = ('out',)
 
 

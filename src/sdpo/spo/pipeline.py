@@ -120,7 +120,7 @@ class GenerateArguments:
     batch_size: int = field(default=8)
 
 
-GenerateArguments.NUMBER_RULES = {'num_samples': '>=1', 'link_temperature': '>0', 'gen_max_new_tokens': '>=1', 'max_prompt_length': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'batch_size': '>=1'}  # checked by sdpo.cli.check_number_rules
+GenerateArguments.NUMBER_RULES = {'num_samples': '>=1', 'link_temperature': '>0', 'gen_max_new_tokens': '>=1', 'max_prompt_length': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'batch_size': '>=1', 'link_shift': '>=0', 'seed': '>=0'}  # checked by sdpo.cli.check_number_rules
 GenerateArguments.OUTPUT_FILES = ('output',)
 
 
@@ -258,7 +258,7 @@ class TrainArguments:
     rspo_pairs: str = field(default="all", metadata={"help": "RSPO: 'all' B^2 pairs incl. i=j, or 'upper' (i<j)"})
 
 
-TrainArguments.NUMBER_RULES = {'max_steps': '>=1', 'learning_rate': '>0', 'batch_size': '>=1', 'grad_accum_steps': '>=1', 'weight_decay': '>=0', 'warmup_steps': '>=0', 'max_grad_norm': '>=0', 'max_prompt_length': '>=1', 'max_response_length': '>=1', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)', 'refit_every': '>=1', 'soft_tau': '>0', 'link_clip': '(0,0.5)', 'smoothing': '>=0', 'blend': '[0,1]', 'memory_size': '>=1', 'bandwidth': '>0', 'min_fit_points': '>=0'}  # checked by sdpo.cli.check_number_rules
+TrainArguments.NUMBER_RULES = {'max_steps': '>=1', 'learning_rate': '>0', 'batch_size': '>=1', 'grad_accum_steps': '>=1', 'weight_decay': '>=0', 'warmup_steps': '>=0', 'max_grad_norm': '>=0', 'max_prompt_length': '>=1', 'max_response_length': '>=1', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)', 'refit_every': '>=1', 'soft_tau': '>0', 'link_clip': '(0,0.5)', 'smoothing': '>=0', 'blend': '[0,1]', 'memory_size': '>=1', 'bandwidth': '>0', 'min_fit_points': '>=0', 'seed': '>=0'}  # checked by sdpo.cli.check_number_rules
 TrainArguments.OUTPUT_DIRS = ('output_dir',)
 
 
@@ -448,7 +448,9 @@ class EvaluateArguments:
     seed: int = field(default=123)
 
 
-EvaluateArguments.NUMBER_RULES = {'eval_samples': '>=1', 'eval_batch_size': '>=1', 'eval_max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_prompt_length': '>=1'}  # checked by sdpo.cli.check_number_rules
+import sdpo.number_rules  # noqa: E402,F401 - the 'finite' rule of `sign`
+
+EvaluateArguments.NUMBER_RULES = {'eval_samples': '>=1', 'eval_batch_size': '>=1', 'eval_max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_prompt_length': '>=1', 'sign': 'finite', 'seed': '>=0'}  # checked by sdpo.cli.check_number_rules
 EvaluateArguments.OUTPUT_FILES = ('output',)
 
 

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+import sdpo.number_rules  # noqa: F401 - registers the -1 rules of max_steps and local_rank
 from sdpo.distributed import consolidate_zero3_saves, full_state_dict_for_final_save, sharded_launch
 from sdpo.losses import CENTERING, advantage_pg_loss
 from sdpo.signal import EncodedExample, completion_logprobs, encode_examples, hindsight_logprobs
@@ -133,6 +134,9 @@ class OfflineSDPOConfig(TrainingArguments):
             raise ValueError("ignore_first_tokens must be >= 0")
         if self.advantage_clip is not None and self.advantage_clip <= 0:
             raise ValueError("advantage_clip must be positive")
+
+
+OfflineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'per_device_train_batch_size': '>=1', 'num_train_epochs': '>0', 'max_steps': '-1or>=1', 'learning_rate': '>0', 'warmup_steps': '>=0', 'weight_decay': '>=0', 'adam_beta1': '[0,1)', 'adam_beta2': '[0,1)', 'adam_epsilon': '>0', 'gradient_accumulation_steps': '>=1', 'max_grad_norm': '>=0', 'label_smoothing_factor': '[0,1)', 'neftune_noise_alpha': '>0|None', 'torch_empty_cache_steps': '>=1|None', 'logging_steps': '>0', 'eval_steps': '>0|None', 'eval_delay': '>=0', 'per_device_eval_batch_size': '>=1', 'eval_accumulation_steps': '>=1|None', 'save_steps': '>0', 'save_total_limit': '>=0|None', 'seed': '>=0', 'data_seed': '>=0|None', 'dataloader_num_workers': '>=0', 'dataloader_prefetch_factor': '>=1|None', 'ddp_bucket_cap_mb': '>=1|None', 'ddp_timeout': '>=1', 'local_rank': '>=-1', 'max_context_tokens': '>=1', 'ignore_first_tokens': '>=0', 'advantage_clip': '>0|None', 'kl_coef': '>=0', 'max_records': '>=1|None', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)'}.items() if k in OfflineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules (the -1 rules: sdpo.number_rules)
 
 
 class InteractionDataset(Dataset):

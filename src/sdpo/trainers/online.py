@@ -220,6 +220,9 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None \
+OnlineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'simulator_concurrency': '>=1', 'simulator_max_retries': '>=0', 'simulator_timeout': '>0', 'simulator_retry_backoff': '>=0', 'simulator_max_consecutive_failures': '>=0', 'simulator_temperature': '>=0|None', 'simulator_max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=0|None', 'max_train_prompts': '>=0|None', 'max_context_tokens': '>=1', 'max_new_tokens': '>=1', 'temperature': '>=0', 'learning_rate': '>0', 'per_device_train_batch_size': '>=1', 'gradient_accumulation_steps': '>=1', 'generation_batch_size': '>=1|None', 'max_steps': '>=1|None', 'save_steps': '>=1', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'rule_reward_weight': '>=0', 'selectivity_threshold': '>=0', 'kl_to_start': '>=0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'lora_r': '>=1', 'lora_alpha': '>0', 'seed': '>=0', 'save_total_limit': '>=0|None', 'vllm_server_port': '>=1', 'vllm_server_timeout': '>0', 'vllm_group_port': '>=1', 'vllm_gpu_memory_utilization': '(0,1]', 'vllm_tensor_parallel_size': '>=1', 'vllm_max_model_length': '>=1|None', 'summary_prompts': '>=0', 'summary_max_new_tokens': '>=1'}.items() if k in OnlineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules
+
+
                 and not is_deepspeed_zero3_enabled():
             import copy
 
