@@ -56,8 +56,16 @@ def advantage_pg_loss(
     old: Sequence[torch.Tensor] | None = None,
     ppo_clip: float | None = None,
     scalar: Sequence[float] | None = None,
+    baseline: Sequence[torch.Tensor] | None = None,
+    token_weights: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The SDPO policy-gradient loss of a batch, and statistics of its signal.
+
+    ``baseline`` (ours, off by default): per-token log-probs that replace the student's in the
+    advantage, ``A_t = q_t - b_t`` - the contrastive signal, with ``b_t`` the teacher's
+    log-prob under a generic follow-up, so that what any follow-up would cause cancels.
+    ``token_weights`` (ours): multiply each token's advantage after centring and clipping
+    (0 leaves a token out of the push; the selectivity mask).
 
     ``scalar`` (one number per sequence, e.g. a baselined reward) is added to every token's
     advantage of that sequence after centring and clipping; the signal statistics stay the
@@ -70,11 +78,14 @@ def advantage_pg_loss(
     """
     if kl_coef and reference is None:
         raise ValueError("kl_coef > 0 needs reference log-probs")
-    losses, all_adv, kls = [], [], []
+    losses, all_adv, kls, used_adv = [], [], [], []
     for i, (s, q) in enumerate(zip(student, teacher)):
         if s.shape[0] <= ignore_first:  # no valid position (known from the shape: no device sync)
             continue
-        adv, _ = sequence_advantages(s, q, ignore_first=ignore_first, centering=centering, clip=clip)
+        base = baseline[i] if baseline is not None else s
+        adv, _ = sequence_advantages(base, q, ignore_first=ignore_first, centering=centering, clip=clip)
+        if token_weights is not None:
+            adv = adv * token_weights[i].to(adv)
         k = ignore_first  # valid positions are a suffix: slices, not boolean masks (those sync)
         adv, s_v, n = adv[k:], s[k:].float(), s.shape[0] - k
         if scalar is not None:
@@ -92,12 +103,15 @@ def advantage_pg_loss(
             kls.append(kl.detach())
         losses.append(loss)
         all_adv.append((q.detach() - s.detach()).float()[k:])
+        used_adv.append(adv)
     if not losses:
         zero = sum(s.sum() for s in student) * 0.0  # keeps the graph connected for distributed backward
         return zero, {"sequences": 0.0}
     signal = torch.cat(all_adv)
     # every statistic in one device-to-host transfer
-    parts = [signal.mean(), signal.abs().mean(), signal.std() if signal.numel() > 1 else signal.new_zeros(())]
+    used = torch.cat(used_adv)
+    parts = [signal.mean(), signal.abs().mean(), signal.std() if signal.numel() > 1 else signal.new_zeros(()),
+             used.abs().mean(), used.std() if used.numel() > 1 else used.new_zeros(())]
     if kls:
         parts.append(torch.stack(kls).mean())
     values = torch.stack(parts).tolist()
@@ -107,9 +121,12 @@ def advantage_pg_loss(
         "signal_std": values[2],
         "response_tokens": float(signal.numel()),
         "sequences": float(len(losses)),
+        # the advantage as trained (centred, clipped, weighted, + scalar): what moves the weights
+        "advantage_abs_mean": values[3],
+        "advantage_std": values[4],
     }
     if kls:
-        stats["kl"] = values[3]
+        stats["kl"] = values[5]
     return torch.stack(losses).mean(), stats
 
 

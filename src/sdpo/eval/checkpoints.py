@@ -22,6 +22,9 @@ from sdpo.judges.pairwise import judge_both_orders
 from sdpo.judges.stats import json_safe, win_rate_summary
 
 
+PERSONA_SYSTEM_PREFIX = "The user you are interacting with has the following persona:\n"  # the oracle's
+
+
 def _key(model_id: str, prompt: str, max_new_tokens: int) -> str:
     return hashlib.sha1(json.dumps([model_id, prompt, max_new_tokens]).encode()).hexdigest()
 
@@ -89,7 +92,7 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
             task = template.system_prompt
             template = dataclasses.replace(
                 template, system_prompt=(task + "\n" if task else "")
-                + "The user you are interacting with has the following persona:\n" + persona)
+                + PERSONA_SYSTEM_PREFIX + persona)
         device = next(model.parameters()).device
         from sdpo.progress import progress_bar
 

@@ -1,4 +1,10 @@
-"""Pairwise judges: which of two answers would this user prefer, judged on style only.
+"""Pairwise judges: which of two answers would this user prefer, judged on style once both answer.
+
+A non-answer never wins on style: the rule judge first checks that each answer addresses
+the request (:func:`sdpo.degeneracy.non_answer_reason`: not empty, not a repetition loop,
+not apology/filler, sharing content words with the request) and an answer beats a
+non-answer whatever their styles (two non-answers tie); only two answers are compared on
+the persona's rules. The model judges' instructions say the same.
 
 Every judge maps a batch of ``(prompt, answer_a, answer_b)`` to verdicts ``"A"``,
 ``"B"``, ``"tie"``, ``None`` (a reply that could not be parsed) or ``"failed"`` (no
@@ -27,7 +33,10 @@ JUDGE_INSTRUCTIONS = """You compare two answers an AI assistant could give to th
 of one particular user.
 What this user wants from answers: {persona}
 
-Judge style only: tone, format, length and level of complexity. Do not judge factual accuracy.
+First check that each answer actually addresses the request. An answer that does not (an apology or filler with no \
+content, an empty reply, the same sentence repeated, or text unrelated to the request) loses to one that does, \
+whatever its style; if neither addresses the request, reply tie.
+When both address it, judge style only: tone, format, length and level of complexity. Do not judge factual accuracy.
 
 <request>
 {prompt}
@@ -172,11 +181,18 @@ class Judge:
 
 @dataclass
 class RuleJudge(Judge):
-    """Prefers the answer with fewer persona rule violations; equal counts tie."""
+    """An answer beats a non-answer (:mod:`sdpo.degeneracy`); two non-answers tie; between two
+    answers, the one with fewer persona rule violations wins and equal counts tie."""
 
     def _replies(self, prompts, a, b):
+        from sdpo.degeneracy import is_non_answer
+
         out = []
-        for x, y in zip(a, b):
+        for p, x, y in zip(prompts, a, b):
+            nx, ny = is_non_answer(p, x), is_non_answer(p, y)
+            if nx or ny:
+                out.append("tie" if nx and ny else "B" if nx else "A")
+                continue
             vx, vy = len(rule_violations(self.style, x)), len(rule_violations(self.style, y))
             out.append("A" if vx < vy else "B" if vy < vx else "tie")
         return out

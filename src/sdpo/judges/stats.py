@@ -69,3 +69,61 @@ def json_safe(obj):
     if isinstance(obj, np.generic):
         return json_safe(obj.item())
     return obj
+
+
+MIN_VERDICT_N = 20  # prompts below which a summary says it cannot tell
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of wins vs losses (ties left out): 1.0 with no decisive pair."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def verdict(wins: int, losses: int, ties: int, *, alpha: float = 0.05, min_n: int = MIN_VERDICT_N,
+            degenerate_before: float | None = None, degenerate_after: float | None = None,
+            max_degeneracy_rise: float = 0.02) -> dict:
+    """One plain verdict from paired judgments (each prompt: win, loss or tie for the new model).
+
+    ``improved`` / ``worse`` when the sign test on the decisive pairs gives p < ``alpha``;
+    ``no measurable change`` otherwise; ``too few prompts`` under ``min_n`` prompts. A rise
+    of the non-answer rate by more than ``max_degeneracy_rise`` turns ``improved`` into
+    ``worse (degenerate)``: a collapse must not pass as a win."""
+    n = wins + losses + ties
+    p = sign_test_p(wins, losses)
+    low, high = wilson_interval(wins, wins + losses)
+    if n < min_n:
+        word = "too few prompts"
+    elif p < alpha:
+        word = "improved" if wins > losses else "worse"
+    else:
+        word = "no measurable change"
+    if degenerate_before is not None and degenerate_after is not None:
+        rise = degenerate_after - degenerate_before
+        if rise > max_degeneracy_rise:
+            word = "worse (more non-answers)"
+    return {"verdict": word, "n": n, "wins": wins, "losses": losses, "ties": ties, "p_sign": p,
+            "win_rate": wins / (wins + losses) if wins + losses else float("nan"),
+            "wilson95_low": low, "wilson95_high": high,
+            "degenerate_before": degenerate_before, "degenerate_after": degenerate_after}
+
+
+def format_verdict(v: dict, *, what: str = "trained vs initial") -> str:
+    """``verdict: improved - trained vs initial on n=40 prompts: 18 W / 6 L / 16 T, win rate 75% (95% 55-88%),
+    sign test p=0.023; non-answers 3% -> 5%``"""
+    counts = f"{v['wins']} W / {v['losses']} L / {v['ties']} T"
+    if v["wins"] + v["losses"]:
+        rate = (f"win rate {100 * v['win_rate']:.0f}% of {v['wins'] + v['losses']} decisive "
+                f"(95% {100 * v['wilson95_low']:.0f}-{100 * v['wilson95_high']:.0f}%), sign test p={v['p_sign']:.3g}")
+    else:
+        rate = "no decisive pair"
+    line = f"verdict: {v['verdict']} - {what} on n={v['n']} prompts: {counts}, {rate}"
+    if v["verdict"] == "too few prompts":
+        line += f" (a verdict needs >= {MIN_VERDICT_N})"
+    if v.get("degenerate_before") is not None and v.get("degenerate_after") is not None:
+        line += f"; non-answers {100 * v['degenerate_before']:.0f}% -> {100 * v['degenerate_after']:.0f}%"
+    return line

@@ -109,6 +109,18 @@ class OnlineSDPOConfig:
         default=0.0, metadata={"help": "ours, off by default: add w*(r - batch mean r) to every token's advantage, r = 1 "
                                        "when the answer passes the persona's rule checks (sdpo.feedback.simulators."
                                        "rule_score), else 0; 0 = pure hindsight SDPO (the reference)"})
+    contrastive_followup: str | None = field(
+        default=None, metadata={"help": "ours, off by default: advantage log p(y|x,o) - log p(y|x,o0) with o0 a generic "
+                                        "reply - 'complaint' (\"That's not what I wanted.\"), 'neutral' (\"Okay.\"), "
+                                        "'matched' (\"Thanks.\" for a satisfied follow-up, the complaint otherwise) or "
+                                        "the text itself - so the shift any complaint causes (apologies) cancels; "
+                                        "unset = log p(y|x,o) - log p(y|x), the reference"})
+    selectivity_threshold: float = field(
+        default=0.0, metadata={"help": "ours, 0 = off: leave out tokens whose log-prob moves by less than this (nats) "
+                                       "between the follow-up and a generic reply o0 (contrastive_followup's, else 'matched')"})
+    kl_to_start: float = field(
+        default=0.0, metadata={"help": "ours, 0 = off (the reference's KL coefficient): weight of a per-token KL to the "
+                                       "starting model (a frozen copy), against drift and forgetting in long runs"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
@@ -180,6 +192,9 @@ class OnlineSDPOConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError("generation_batch_size must be >= 1")
+        from sdpo.trainers.update import check_signal_options
+
+        check_signal_options(self)
         if not self.rule_reward_weight >= 0:
             raise ValueError(f"rule_reward_weight must be >= 0, got {self.rule_reward_weight}")
         if self.rule_reward_weight:
@@ -205,6 +220,9 @@ class OnlineSDPOConfig:
                                      "continue the run or start over, not both")
 
 
+OnlineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'simulator_concurrency': '>=1', 'simulator_max_retries': '>=0', 'simulator_timeout': '>0', 'simulator_retry_backoff': '>=0', 'simulator_max_consecutive_failures': '>=0', 'simulator_temperature': '>=0|None', 'simulator_max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=0|None', 'max_train_prompts': '>=0|None', 'max_context_tokens': '>=1', 'max_new_tokens': '>=1', 'temperature': '>=0', 'learning_rate': '>0', 'per_device_train_batch_size': '>=1', 'gradient_accumulation_steps': '>=1', 'generation_batch_size': '>=1|None', 'max_steps': '>=1|None', 'save_steps': '>=1', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'rule_reward_weight': '>=0', 'selectivity_threshold': '>=0', 'kl_to_start': '>=0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'lora_r': '>=1', 'lora_alpha': '>0', 'seed': '>=0', 'save_total_limit': '>=0|None', 'vllm_server_port': '>=1', 'vllm_server_timeout': '>0', 'vllm_group_port': '>=1', 'vllm_gpu_memory_utilization': '(0,1]', 'vllm_tensor_parallel_size': '>=1', 'vllm_max_model_length': '>=1|None', 'summary_prompts': '>=0', 'summary_max_new_tokens': '>=1'}.items() if k in OnlineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules
+
+
 def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
     """The configured simulator. API simulators check their key here, before any training."""
     from sdpo.feedback import simulators as sims
@@ -220,9 +238,6 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None \
-OnlineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'simulator_concurrency': '>=1', 'simulator_max_retries': '>=0', 'simulator_timeout': '>0', 'simulator_retry_backoff': '>=0', 'simulator_max_consecutive_failures': '>=0', 'simulator_temperature': '>=0|None', 'simulator_max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=0|None', 'max_train_prompts': '>=0|None', 'max_context_tokens': '>=1', 'max_new_tokens': '>=1', 'temperature': '>=0', 'learning_rate': '>0', 'per_device_train_batch_size': '>=1', 'gradient_accumulation_steps': '>=1', 'generation_batch_size': '>=1|None', 'max_steps': '>=1|None', 'save_steps': '>=1', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'rule_reward_weight': '>=0', 'selectivity_threshold': '>=0', 'kl_to_start': '>=0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'lora_r': '>=1', 'lora_alpha': '>0', 'seed': '>=0', 'save_total_limit': '>=0|None', 'vllm_server_port': '>=1', 'vllm_server_timeout': '>0', 'vllm_group_port': '>=1', 'vllm_gpu_memory_utilization': '(0,1]', 'vllm_tensor_parallel_size': '>=1', 'vllm_max_model_length': '>=1|None', 'summary_prompts': '>=0', 'summary_max_new_tokens': '>=1'}.items() if k in OnlineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules
-
-
                 and not is_deepspeed_zero3_enabled():
             import copy
 
@@ -341,6 +356,12 @@ class OnlineSDPOTrainer:
             self.val_prompts, _ = select_prompts(self.val_prompts, self.tokenizer, self.template,
                                                  max_prompt_tokens=cfg.max_prompt_tokens, max_prompts=None,
                                                  seed=cfg.seed)
+        self.reference_model = None
+        if cfg.kl_to_start:
+            import copy
+
+            # the starting weights, frozen: the anchor of kl_to_start
+            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         from sdpo.models import adamw_options  # fused AdamW where torch has the kernel, foreach otherwise
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -348,6 +369,8 @@ class OnlineSDPOTrainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if hasattr(self.simulator, "model") and isinstance(self.simulator.model, torch.nn.Module):
             self.simulator.model.to(self.accelerator.device)
+        if self.reference_model is not None:
+            self.reference_model.to(self.accelerator.device)
         world = self.accelerator.num_processes
         self.global_batch = cfg.per_device_train_batch_size * world
         self.max_steps = cfg.max_steps or steps_for_one_pass(len(self.prompts), cfg.per_device_train_batch_size,
@@ -434,30 +457,35 @@ class OnlineSDPOTrainer:
                     texts += t
         t1 = time.perf_counter()
         followups = self.simulator.followups([p.text for p in prompts], texts)
+        # a follow-up that could not be obtained (failed request, empty reply) is no feedback: left out
+        failed = list(getattr(self.simulator, "last_failed", None) or [False] * len(followups))
         timings = {"time/generate": t1 - t0, "time/simulate": time.perf_counter() - t1}
         per = cfg.per_device_train_batch_size
         return [
             {key: values[i * per : (i + 1) * per]
              for key, values in (("batch", prompts), ("contexts", contexts), ("responses", responses),
-                                 ("texts", texts), ("followups", followups))}
+                                 ("texts", texts), ("followups", followups), ("failed", failed))}
             for i in range(len(batches))
         ], timings
 
     def _micro_step(self, rollout: dict) -> dict:
+        from sdpo.degeneracy import degeneracy_rate, filler_token_mask, positive_advantage_share
         from sdpo.feedback.simulators import rule_score
         from sdpo.trainers.update import UpdateExample, sdpo_update
 
         cfg, tok, acc = self.cfg, self.tokenizer, self.accelerator
         batch, contexts, responses = rollout["batch"], rollout["contexts"], rollout["responses"]
         texts, followups = rollout["texts"], rollout["followups"]
+        failed = rollout.get("failed") or [False] * len(texts)
         # the step itself (teacher contexts, scoring, loss, backward, clip, optimizer step) is
         # shared with `sdpo chat`: sdpo.trainers.update.sdpo_update
         result = sdpo_update(
             self.model, self.optimizer, tok, self.template,
             [UpdateExample(p.messages, resp, o, context=ctx,
-                           reward=rule_score(cfg.style, text) if cfg.rule_reward_weight else None)
-             for p, ctx, resp, o, text in zip(batch, contexts, responses, followups, texts)],
-            cfg, accelerator=acc,
+                           reward=rule_score(cfg.style, text) if cfg.rule_reward_weight else None,
+                           weight=0.0 if bad else 1.0)
+             for p, ctx, resp, o, text, bad in zip(batch, contexts, responses, followups, texts, failed)],
+            cfg, accelerator=acc, reference_model=self.reference_model,
         )
         self._note_truncations(result.truncated)
         loss, stats, eos_signal, timings = result.loss, result.stats, result.eos_signal, result.timings
@@ -471,6 +499,13 @@ class OnlineSDPOTrainer:
             "ended_fraction": len(eos_signal) / len(responses),
             "followup_words_mean": sum(len(o.split()) for o in followups) / len(followups),
             "persona_rule_score": sum(rule_score(cfg.style, t) for t in texts) / len(texts),
+            # collapse: answers that are no answers (apology/filler, loops, empty, off topic; sdpo.degeneracy),
+            # and the share of the positive advantage that lands on apology/filler tokens
+            "nonanswer_rate": degeneracy_rate([p.text for p in batch], texts),
+            "filler_advantage_share": positive_advantage_share(
+                result.advantages, [filler_token_mask(tok, r) for r in responses]) if result.advantages else 0.0,
+            # follow-ups that could not be obtained: those samples got no advantage (left out of the push)
+            "followups_failed": float(sum(failed)),
             # leakage: answers that copy the teacher template's own wording (only the teacher sees it)
             "echo_rate": sum(echoes_template(self.template, p.text, t) for p, t in zip(batch, texts)) / len(texts),
             **timings,
@@ -638,6 +673,10 @@ class OnlineSDPOTrainer:
                   f"({sel['prompts_too_long']} longer than max_prompt_tokens={cfg.max_prompt_tokens} dropped, "
                   f"max_train_prompts={cfg.max_train_prompts}); {self.max_steps} optimizer steps")
         tracker = self._start_tracker() if acc.is_main_process else None
+        if cfg.advantage_centering == "sequence" and not cfg.rule_reward_weight:
+            acc.print("note: the logged loss is ~0 by construction (advantages centred per response, PPO ratio 1 "
+                      "on-policy); its gradient is not. Watch adv (mean |advantage|), signal, persona and "
+                      "nonanswer (share of answers that are no answers)")
         before_file = out / "summary_before.json"
         if self.step == 0:
             before = self._summary_generations()
@@ -704,8 +743,11 @@ class OnlineSDPOTrainer:
             if tracker is not None:
                 tracker.log(metrics, step=self.step)
             if bar is not None:  # postfix first: a log file's progress line carries this step's values
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
-                                persona=f"{metrics['persona_rule_score']:.2f}", refresh=False)
+                # quantities that move (the loss is ~0 by construction: centred advantages, ratio 1)
+                bar.set_postfix(adv=f"{metrics.get('advantage_abs_mean', 0):.3f}",
+                                signal=f"{metrics.get('signal_abs_mean', 0):.3f}",
+                                persona=f"{metrics['persona_rule_score']:.2f}",
+                                nonanswer=f"{metrics.get('nonanswer_rate', 0):.2f}", refresh=False)
                 bar.update(1)
         if self.step % cfg.save_steps == 0 or self.step == self.max_steps:
             self.save_checkpoint()
@@ -779,12 +821,14 @@ class OnlineSDPOTrainer:
 
     def _write_summary(self, before, after, history) -> dict:
         from sdpo.feedback.simulators import rule_score
+        from sdpo.judges.stats import json_safe
 
         style = self.cfg.style
         summary: dict = {"steps": self.step, "style": style, **self.prompt_selection}
         if history:
             k = max(1, len(history) // 3)
-            for name in ("persona_rule_score", "response_tokens_mean", "signal_abs_mean"):
+            for name in ("persona_rule_score", "response_tokens_mean", "signal_abs_mean", "nonanswer_rate",
+                         "filler_advantage_share"):
                 if name in history[0]:
                     summary[f"first_steps_{name}"] = sum(h[name] for h in history[:k]) / k
                     summary[f"last_steps_{name}"] = sum(h[name] for h in history[-k:]) / k
@@ -796,16 +840,24 @@ class OnlineSDPOTrainer:
             summary["heldout_words_before"] = sum(len(t.split()) for t in b) / len(b)
             summary["heldout_words_after"] = sum(len(t.split()) for t in a) / len(a)
             summary["heldout_changed"] = sum(x != y for x, y in zip(b, a))
-            # rule judge: the answer with fewer persona violations wins, equal counts tie
-            from sdpo.feedback.simulators import rule_violations
+            # the rule judge (a non-answer loses to an answer; then fewer persona violations wins), both orders
+            from sdpo.degeneracy import degeneracy_rate
+            from sdpo.judges.pairwise import RuleJudge, judge_both_orders
+            from sdpo.judges.stats import verdict
 
-            wins = sum(len(rule_violations(style, y)) < len(rule_violations(style, x)) for x, y in zip(b, a))
-            losses = sum(len(rule_violations(style, y)) > len(rule_violations(style, x)) for x, y in zip(b, a))
+            outcomes = judge_both_orders(RuleJudge(style), prompts, a, b)
+            wins, losses = outcomes.count("win"), outcomes.count("loss")
             summary.update(rule_judge_wins=wins, rule_judge_losses=losses, rule_judge_ties=len(a) - wins - losses,
                            rule_judge_win_rate=wins / (wins + losses) if wins + losses else None)
+            summary["heldout_nonanswer_before"] = degeneracy_rate(prompts, b)
+            summary["heldout_nonanswer_after"] = degeneracy_rate(prompts, a)
+            summary["verdict"] = verdict(wins, losses, len(a) - wins - losses,
+                                         degenerate_before=summary["heldout_nonanswer_before"],
+                                         degenerate_after=summary["heldout_nonanswer_after"])
             summary["examples"] = [{"prompt": p, "before": x, "after": y} for p, x, y in zip(prompts, b, a)][:3]
         if self.accelerator.is_main_process:
-            Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+            Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(json_safe(summary), indent=1,
+                                                                                ensure_ascii=False))
         return summary
 
 
@@ -849,7 +901,9 @@ def format_summary(summary: dict) -> str:
     lines = [f"online SDPO: {summary['steps']} steps, user persona '{summary['style']}'"]
     for name, label in (("persona_rule_score", "persona rule score (training responses)"),
                         ("response_tokens_mean", "response length, tokens"),
-                        ("signal_abs_mean", "mean |signal|")):
+                        ("signal_abs_mean", "mean |signal|"),
+                        ("nonanswer_rate", "non-answers (training responses)"),
+                        ("filler_advantage_share", "share of positive advantage on apology/filler tokens")):
         if f"first_steps_{name}" in summary:
             lines.append(f"  {label}: first third {summary[f'first_steps_{name}']:.3f}"
                          f" -> last third {summary[f'last_steps_{name}']:.3f}")
@@ -857,13 +911,20 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  held-out greedy answers: persona rule score {summary['heldout_persona_score_before']:.2f}"
                      f" -> {summary['heldout_persona_score_after']:.2f}, words {summary['heldout_words_before']:.1f}"
                      f" -> {summary['heldout_words_after']:.1f}, {summary['heldout_changed']} answers changed")
-        lines.append(f"  rule judge, trained vs initial: {summary['rule_judge_wins']} wins, "
-                     f"{summary['rule_judge_losses']} losses, {summary['rule_judge_ties']} ties")
+        lines.append(f"  held-out non-answers: {summary['heldout_nonanswer_before']:.2f} -> "
+                     f"{summary['heldout_nonanswer_after']:.2f}")
         for ex in summary.get("examples", [])[:1]:
             short = lambda t: (t[:160] + "…") if len(t) > 160 else t  # noqa: E731
             lines.append(f"  e.g. prompt: {short(ex['prompt'])!r}")
             lines.append(f"       before: {short(ex['before'])!r}")
-            lines.append(f"       after:  {short(ex['after'])!r}")
+            from sdpo.degeneracy import non_answer_reason
+
+            why = non_answer_reason(ex["prompt"], ex["after"])
+            lines.append(f"       after:  {short(ex['after'])!r}" + (f"  <- not an answer ({why})" if why else ""))
+    if "verdict" in summary:
+        from sdpo.judges.stats import format_verdict
+
+        lines.append(format_verdict(summary["verdict"], what="trained vs initial, rule judge, held-out greedy"))
     return "\n".join(lines)
 
 

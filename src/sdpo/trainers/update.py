@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from sdpo.losses import CENTERING, advantage_pg_loss, token_logprobs, topk_distillation
-from sdpo.signal import EncodedExample, hindsight_logprobs
+from sdpo.losses import CENTERING, advantage_pg_loss, sequence_advantages, token_logprobs, topk_distillation
+from sdpo.signal import EncodedExample, completion_logprobs, hindsight_logprobs
 from sdpo.templates import fit_context
 
 LOSSES = ("policy_gradient", "topk_distillation")
@@ -57,6 +58,10 @@ class UpdateOptions:
     distillation_add_tail: bool = True
     distillation_alpha: float = 1.0  # 1 = reverse KL(student || teacher), the reference live chat's
     rule_reward_weight: float = 0.0  # > 0: each example's ``reward`` enters as w * (r - batch mean)
+    # ours, off by default (docs/FIDELITY.md): remove what any follow-up would cause
+    contrastive_followup: str | None = None  # A_t = log p(y_t|x,o) - log p(y_t|x,o0), o0 this preset or text
+    selectivity_threshold: float = 0.0  # > 0: drop tokens whose shift under o0 is within this of the shift under o
+    kl_to_start: float = 0.0  # > 0: + coefficient * KL(policy || starting model) per token (k3), needs a reference
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -67,6 +72,7 @@ class UpdateOptions:
             raise ValueError(f"distillation_topk must be >= 1, got {self.distillation_topk}")
         if not 0.0 <= self.distillation_alpha <= 1.0:
             raise ValueError(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
+        check_signal_options(self)
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides) -> "UpdateOptions":
@@ -74,6 +80,45 @@ class UpdateOptions:
         values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)}
         values.update(overrides)
         return cls(**values)
+
+
+# o0 of the contrastive signal: a generic reply of the same kind as the follow-ups, so the shift
+# that *any* such reply causes (a complaint read as hindsight raises apologies) cancels
+CONTRASTIVE_PRESETS = {
+    "neutral": "Okay.",
+    "complaint": "That's not what I wanted.",
+    "matched": None,  # per follow-up: "Thanks." for a satisfied one, the generic complaint otherwise
+}
+_SATISFIED = re.compile(
+    r"^(?!.*\b(?:but|not|don't|too|less|more|instead|please|can you|could you)\b).*\b(?:thanks|thank you|great|"
+    r"perfect|just what i wanted|love it|nice|awesome)\b", re.I | re.S)
+
+
+def generic_followup(preset_or_text: str, followup: str) -> str:
+    """The o0 for ``followup`` under a preset name of :data:`CONTRASTIVE_PRESETS` or a literal text."""
+    if preset_or_text == "matched":
+        return "Thanks." if _SATISFIED.search(followup.strip()) else CONTRASTIVE_PRESETS["complaint"]
+    return CONTRASTIVE_PRESETS.get(preset_or_text) or preset_or_text
+
+
+def check_signal_options(opt) -> None:
+    """The contrastive / selectivity / KL options of any config, checked before the model loads."""
+    import math
+
+    c = getattr(opt, "contrastive_followup", None)
+    if c is not None and not str(c).strip():
+        raise ValueError("contrastive_followup must be a preset (" + ", ".join(CONTRASTIVE_PRESETS)
+                         + ") or a non-empty reply text")
+    for name in ("selectivity_threshold", "kl_to_start"):
+        value = getattr(opt, name, 0.0)
+        if value is None or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def selectivity_weights(teacher, generic, student, threshold: float):
+    """Per token 1.0 where the follow-up moves the token's log-prob differently from the generic
+    reply (``|q_t - g_t| >= threshold``), 0.0 where the shift is the same whatever was said."""
+    return [((q - g).abs() >= threshold).float() for q, g, s in zip(teacher, generic, student)]
 
 
 @dataclass
@@ -87,6 +132,7 @@ class UpdateExample:
     followup: str
     context: list[int] | None = None
     reward: float | None = None  # a scalar from the feedback source (needed when rule_reward_weight > 0)
+    weight: float = 1.0  # multiplies the advantage; 0 = no feedback for this example (e.g. a failed follow-up)
 
 
 @dataclass
@@ -98,6 +144,7 @@ class UpdateResult:
     eos_signal: list[float]  # teacher - student at the EOS of the responses that ended
     truncated: int  # contexts cut to max_context_tokens
     timings: dict[str, float] = field(default_factory=dict)
+    advantages: list[list[float]] = field(default_factory=list)  # per token, as trained (policy gradient)
 
     @property
     def signals(self) -> list[list[float]]:
@@ -124,10 +171,13 @@ def sdpo_update(
     accelerator=None,
     step_lock=None,
     before_step: Callable[[], None] | None = None,
+    reference_model=None,
 ) -> UpdateResult:
     """Score ``examples``, compute the loss, backward, clip, step (see the module docstring).
 
     ``options``: an :class:`UpdateOptions` or any config with the same field names.
+    ``reference_model``: the frozen starting model, for ``kl_to_start`` (its log-probs of each
+    response in the student context).
     """
     opt = options if isinstance(options, UpdateOptions) else UpdateOptions.from_config(options)
     tok = tokenizer
@@ -143,11 +193,26 @@ def sdpo_update(
         truncated += int(over > 0)
         encoded.append(EncodedExample(context, teacher_ctx, list(ex.response) or [tok.eos_token_id]))
     responses = [e.response for e in encoded]
+    generic_ctx = None
+    if (opt.contrastive_followup is not None or opt.selectivity_threshold) and opt.loss == "policy_gradient":
+        o0 = opt.contrastive_followup or "matched"  # selectivity alone compares with the matched generic reply
+        generic_ctx = [fit_context(tok, template, ex.messages, opt.max_context_tokens,
+                                   followup=generic_followup(o0, ex.followup))[0]
+                       for ex in examples]
+    if opt.kl_to_start and reference_model is None:
+        raise ValueError("kl_to_start > 0 needs the starting model (reference_model)")
     accumulate = accelerator.accumulate(model) if accelerator is not None else contextlib.nullcontext()
     with accumulate:
         if opt.loss == "policy_gradient":
             student, teacher = hindsight_logprobs(model, encoded, pad_token_id=tok.pad_token_id, student_grad=True)
             student_logits = teacher_logits = None
+            generic = reference = None
+            with torch.no_grad():
+                if generic_ctx is not None:
+                    generic = completion_logprobs(model, generic_ctx, responses, pad_token_id=tok.pad_token_id)
+                if reference_model is not None and opt.kl_to_start:
+                    reference = completion_logprobs(reference_model, [e.student_context for e in encoded],
+                                                    responses, pad_token_id=tok.pad_token_id)
         else:
             student_logits = [_response_logits(model, e.student_context, e.response) for e in encoded]
             with torch.no_grad():
@@ -165,6 +230,9 @@ def sdpo_update(
         if opt.mask_eos_advantage:
             student = [s[:-1] if e else s for s, e in zip(student, ended)]
             teacher = [q[:-1] if e else q for q, e in zip(teacher, ended)]
+            if opt.loss == "policy_gradient":
+                generic = None if generic is None else [g[:-1] if e else g for g, e in zip(generic, ended)]
+                reference = None if reference is None else [r[:-1] if e else r for r, e in zip(reference, ended)]
         if opt.loss == "policy_gradient":
             scalar = None
             if opt.rule_reward_weight:
@@ -173,22 +241,47 @@ def sdpo_update(
                     raise ValueError("rule_reward_weight > 0 needs a reward on every example")
                 baseline = sum(rewards) / len(rewards)
                 scalar = [opt.rule_reward_weight * (r - baseline) for r in rewards]
+            weights = (selectivity_weights(teacher, generic, student, opt.selectivity_threshold)
+                       if opt.selectivity_threshold and generic is not None else None)
+            if any(ex.weight != 1.0 for ex in examples):
+                weights = [(w if w is not None else torch.ones_like(s_, dtype=torch.float32)) * ex.weight
+                           for w, s_, ex in zip(weights or [None] * len(student), student, examples)]
             loss, stats = advantage_pg_loss(
                 student, teacher, ignore_first=opt.ignore_first_tokens, centering=opt.advantage_centering,
                 clip=opt.advantage_clip, old=[s.detach() for s in student], ppo_clip=opt.ppo_clip,
-                scalar=scalar,
+                scalar=scalar, baseline=generic if opt.contrastive_followup is not None else None,
+                token_weights=weights,
+                reference=reference, kl_coef=opt.kl_to_start if reference is not None else 0.0,
             )
+            if opt.selectivity_threshold and weights is not None:
+                kept = torch.cat([w[opt.ignore_first_tokens:] for w in weights])
+                stats["selectivity_kept"] = kept.mean().item() if kept.numel() else 0.0
+            advantages = []
+            for i, (s_, q_) in enumerate(zip(student, teacher)):
+                base = generic[i] if opt.contrastive_followup is not None else s_
+                adv, _ = sequence_advantages(base, q_, ignore_first=opt.ignore_first_tokens,
+                                             centering=opt.advantage_centering, clip=opt.advantage_clip)
+                if weights is not None:
+                    adv = adv * weights[i]
+                if scalar is not None:
+                    adv = adv + scalar[i]
+                adv[: opt.ignore_first_tokens] = 0.0
+                advantages.append(adv.tolist())
         else:
+            advantages = []
             loss, stats = _topk_loss(student, teacher, student_logits, teacher_logits, ended, opt)
+        grad_norm = None
         if accelerator is not None:
             accelerator.backward(loss)
             if accelerator.sync_gradients and opt.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
         else:
             loss.backward()
             if opt.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                               opt.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                           opt.max_grad_norm)
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
         with step_lock if step_lock is not None else contextlib.nullcontext():
             if before_step is not None:
                 before_step()
@@ -198,6 +291,7 @@ def sdpo_update(
     return UpdateResult(
         loss=loss.item(), stats=stats, student=[s.detach().float() for s in student],
         teacher=[q.detach().float() for q in teacher], eos_signal=eos_signal, truncated=truncated, timings=timings,
+        advantages=advantages,
     )
 
 
