@@ -50,7 +50,14 @@ demo: $(STAMP)
 	$(BIN)/python examples/basic_sdpo.py --method routing --max-steps 60 --train-size 256 --eval-size 200 \
 	  --output-dir $(DEMO_DIR)-additions
 
+# The tests. Some need system packages pip cannot install: bubblewrap (the code sandbox) and
+# chromium (report rendering). They are installed here with apt-get when this runs as root or
+# with passwordless sudo (SDPO_INSTALL_SYSTEM_PACKAGES=0: never); otherwise the tests that need
+# them are skipped and pytest's last line names the packages and the command that installs them.
+# SDPO_REQUIRE_SYSTEM_PACKAGES=1 (set by .ci/run) turns those skips into failures. The skip path is
+# checked by tests/test_system_packages.py (pytest with a PATH holding neither bwrap nor chromium).
 test: $(STAMP)
+	@$(BIN)/python tests/system_packages.py --install
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -17,6 +17,31 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+# ------------------------------------------------------------------ system packages (tests/system_packages.py)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "system_package(name): the test needs this system package (bubblewrap, "
+                                       "chromium); skipped without it unless SDPO_REQUIRE_SYSTEM_PACKAGES=1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    from tests import system_packages
+
+    for marker in item.iter_markers("system_package"):
+        for name in marker.args:
+            system_packages.require(name)  # before the test's fixtures: a skip costs nothing
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    yield  # after pytest's short test summary: the line just above the final counts
+    from tests import system_packages
+
+    line = system_packages.summary_line()
+    if line:
+        terminalreporter.write_line(line, yellow=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from sdpo.models import load_tokenizer

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -307,15 +306,15 @@ def test_simulate_with_rule_user_and_rule_judge_writes_the_curve(tmp_path, capsy
 
 
 def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    from tests.system_packages import require, required
+
+    chromium = require("chromium")  # skipped without it (a failure where SDPO_REQUIRE_SYSTEM_PACKAGES=1)
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        chromium = None
-    if chromium is None:
-        if os.environ.get("SDPO_REQUIRE_BROWSER"):
-            pytest.fail("chromium and playwright are required (SDPO_REQUIRE_BROWSER is set)")
-        pytest.skip("needs chromium (apt-get install chromium) and playwright (pip install -e .[dev])")
+        if required("chromium"):
+            pytest.fail("playwright is required (pip install -e .[dev])")
+        pytest.skip("needs playwright (pip install -e .[dev])")
     return chromium
 
 
@@ -335,6 +334,7 @@ def _wait_for_answers(run, n, timeout=120):
     raise AssertionError(f"no {n} complete answers in {run / 'chat.db'} after {timeout}s")
 
 
+@pytest.mark.system_package("chromium")
 def test_chat_in_a_real_browser(tmp_path):
     from playwright.sync_api import sync_playwright
     from safetensors.torch import load_file

@@ -24,7 +24,8 @@ def _run(script, tmp_path, *extra):
 @pytest.mark.parametrize("script, extra", [
     ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8"]),
     ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8", "--method", "routing"]),
-    ("sdpo_rich_feedback.py", ["--eval-size", "4", "--max-completion-length", "24"]),
+    pytest.param("sdpo_rich_feedback.py", ["--eval-size", "4", "--max-completion-length", "24"],
+                 marks=pytest.mark.system_package("bubblewrap")),  # code checked in the sandbox
 ])
 def test_example_runs_two_steps_and_reports(script, extra, tmp_path):
     proc, out = _run(script, tmp_path, *extra)

@@ -108,10 +108,6 @@ def test_python_block_runs_on_the_outputs(first_hour):
     assert [line.split()[0] for line in lines[2:]] == ["checkpoint-4", "checkpoint-8"]
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _screenshot(browser, url: str, out: Path, size: tuple[int, int], tmp: Path) -> None:
     profile = tempfile.mkdtemp(dir=tmp)
     done = subprocess.run([browser, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
@@ -128,12 +124,11 @@ def _not_blank(path: Path) -> None:
     assert len(np.unique(pixels, axis=0)) > 50, f"{path.name} has almost no colours"
 
 
+@pytest.mark.system_package("chromium")  # checked before the fixtures run
 def test_screenshots_in_a_headless_browser(first_hour, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("SDPO_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required (SDPO_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    from tests.system_packages import require
+
+    browser = require("chromium")  # skipped without it (a failure where SDPO_REQUIRE_SYSTEM_PACKAGES=1)
     from PIL import Image
 
     work, _, model = first_hour

@@ -19,29 +19,34 @@ def run(code, tests=TESTS, limits=FAST):
     return run_python_tests(code, "total", tests, limits)
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_correct_code_scores_one():
     r = run("def total(xs):\n    return sum(xs)\n")
     assert (r.passed, r.total, r.score) == (3, 3, 1.0)
     assert r.feedback == "All 3 tests passed."
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_wrong_answer_is_described_precisely():
     r = run("def total(xs):\n    return 0 if len(xs) > 1 else sum(xs)\n")
     assert r.score == pytest.approx(2 / 3)
     assert "test 1 failed: input [1, 2, 3], expected 6, got 0" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_exception_type_and_message():
     r = run("def total(xs):\n    return xs[10]\n")
     assert "raised IndexError: list index out of range" in r.feedback
     assert r.score == 0
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_syntax_error_and_missing_function():
     assert "SyntaxError" in run("def total(xs)\n    return 1\n").feedback
     assert "does not define a function named `total`" in run("def other(xs):\n    return 1\n").feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_infinite_loop_times_out_and_later_tests_are_skipped():
     start = time.perf_counter()
     r = run("def total(xs):\n    while True:\n        pass\n")
@@ -51,17 +56,20 @@ def test_infinite_loop_times_out_and_later_tests_are_skipped():
     assert r.score == 0
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_loop_that_swallows_exceptions_is_still_stopped():
     code = "def total(xs):\n    while True:\n        try:\n            pass\n        except Exception:\n            pass\n"
     assert "timed out" in run(code).feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_ten_gigabyte_allocation_is_refused():
     r = run("def total(xs):\n    block = bytearray(10 * 1024 ** 3)\n    return sum(xs)\n")
     assert "MemoryError" in r.feedback
     assert r.score == 0
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_fork_bomb_is_contained():
     code = "import os\ndef total(xs):\n    while True:\n        os.fork()\n"
     r = run(code)
@@ -69,6 +77,7 @@ def test_fork_bomb_is_contained():
     assert "creating processes is not allowed" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_subprocess_is_refused():
     code = "import os\ndef total(xs):\n    os.system('echo hi > /tmp/sdpo-should-not-exist')\n    return sum(xs)\n"
     r = run(code)
@@ -76,6 +85,7 @@ def test_subprocess_is_refused():
     assert not Path("/tmp/sdpo-should-not-exist").exists()
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_writing_outside_the_working_directory_is_refused(tmp_path):
     target = tmp_path / "escaped.txt"
     code = f"def total(xs):\n    open({str(target)!r}, 'w').write('x')\n    return sum(xs)\n"
@@ -87,6 +97,7 @@ def test_writing_outside_the_working_directory_is_refused(tmp_path):
     assert ok.score == 1.0
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_network_socket_is_contained():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -113,12 +124,14 @@ def test_network_socket_is_contained():
     assert "network access is not allowed" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_printed_output_is_capped_and_run_survives():
     r = run("def total(xs):\n    print('x' * 10**7)\n    return sum(xs)\n", limits=SandboxLimits(max_output_chars=100))
     assert r.score == 1.0
     assert len(r.output) <= 100
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_process_dies_hard_and_the_caller_survives():
     r = run("import signal, os\ndef total(xs):\n    raise SystemExit(3)\n")
     assert r.score == 0
@@ -131,6 +144,7 @@ def test_extract_code_prefers_the_block_defining_the_function():
     assert extract_code("def total(xs):\n    return 1", "total").startswith("def total")
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_code_tests_reward_returns_scores_and_feedback():
     reward = CodeTestsReward(FAST, max_workers=2)
     out = reward(

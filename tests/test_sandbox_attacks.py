@@ -4,12 +4,12 @@ Each test runs hostile code through `run_python_tests` / `CodeTestsReward`, and 
 that the attack is contained and turned into feedback text, that this (the
 training) process survives, and that nothing appears outside the sandbox.
 
-These tests need `bwrap`; without it they fail (CI installs it). Set
-SDPO_SKIP_BWRAP_TESTS=1 to skip them on a machine that cannot have bubblewrap.
+Most tests need `bwrap` (marked ``system_package("bubblewrap")``): `make test` installs it where
+it can; without it they are skipped and named at the end of the run, or fail where
+SDPO_REQUIRE_SYSTEM_PACKAGES=1 (CI). See tests/system_packages.py.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,9 +21,6 @@ import pytest
 from sdpo.feedback.checkers import CodeTestsReward
 from sdpo.feedback.sandbox import SandboxLimits, _summarise, Execution, run_python_tests
 from sdpo.feedback.sandbox import TestCase as Case
-
-if os.environ.get("SDPO_SKIP_BWRAP_TESTS") == "1" and shutil.which("bwrap") is None:
-    pytest.skip("bubblewrap not installed and SDPO_SKIP_BWRAP_TESTS=1", allow_module_level=True)
 
 TESTS = [{"args": [[1, 2, 3]], "expected": 6}, {"args": [[]], "expected": 0}, {"args": [[5]], "expected": 5}]
 FAST = SandboxLimits(timeout_s=2.0)
@@ -42,6 +39,7 @@ def host_processes_with(marker: str) -> list[str]:
 
 # ------------------------------------------------------------- honest code
 
+@pytest.mark.system_package("bubblewrap")
 def test_correct_and_wrong_solutions_keep_the_message_format():
     assert run("def total(xs):\n    return sum(xs)\n").feedback == "All 3 tests passed."
     wrong = run("def total(xs):\n    return 0 if len(xs) > 1 else sum(xs)\n",
@@ -49,6 +47,7 @@ def test_correct_and_wrong_solutions_keep_the_message_format():
     assert wrong.feedback == "1 of 2 tests passed.\ntest 2 failed: input [1, 2, 3], expected 6, got 0"
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_plain_return_types_compare_like_python():
     tests = [{"args": [], "expected": [1, 2]}, {"args": [], "expected": 0.3}, {"args": [], "expected": "a"}]
     r = run_python_tests("def f():\n    return (1, 2)\n", "f", tests[:1], FAST)
@@ -61,6 +60,7 @@ def test_plain_return_types_compare_like_python():
 
 # ------------------------------------------------------------- escapes
 
+@pytest.mark.system_package("bubblewrap")
 def test_writes_outside_through_every_dir_fd_entry_point(tmp_path):
     target = tmp_path / "escape"
     code = f"""
@@ -98,6 +98,7 @@ def total(xs):
     assert not target.exists()
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_dev_shm_and_other_writable_looking_places_are_not_writable():
     code = """
 import os
@@ -116,6 +117,7 @@ def total(xs):
     assert not Path("/x").exists()
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_disk_filling_stops_at_the_tmpfs_cap():
     code = """
 def total(xs):
@@ -131,6 +133,7 @@ def total(xs):
     assert "No space left on device" in r.feedback or "File too large" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_file_size_limit_applies_inside():
     r = run("def total(xs):\n    open('big', 'wb').write(b'x' * (20 << 20))\n    return sum(xs)\n",
             tests=TESTS[:1], limits=SandboxLimits(timeout_s=5.0, max_file_mb=1))
@@ -164,6 +167,7 @@ def _spawn(ps, argv):
 """
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_process_creation_by_loading_an_extension_by_hand_does_not_outlive_the_run():
     marker = f"sdpo-escape-{uuid.uuid4().hex[:8]}"
     code = _LOAD_POSIXSUBPROCESS + f"""
@@ -186,11 +190,13 @@ def total(xs):
     assert r.total == 1
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_fork_via_the_os_module_is_refused_and_a_fork_bomb_is_contained():
     r = run("import os\ndef total(xs):\n    while True:\n        os.fork()\n")
     assert r.score == 0 and "creating processes is not allowed" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_fork_bomb_through_the_bypass_is_contained_and_cleaned_up():
     marker = f"sdpo-bomb-{uuid.uuid4().hex[:8]}"
     code = _LOAD_POSIXSUBPROCESS + f"""
@@ -213,6 +219,7 @@ def total(xs):
     assert host_processes_with(marker) == []
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_signals_to_the_parent_do_not_reach_it():
     parent = os.getpid()
     code = f"""
@@ -238,6 +245,7 @@ def total(xs):
     assert r.total == 3
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_the_parent_cannot_be_named_by_pidfd_from_inside():
     parent = os.getpid()
     code = f"""
@@ -255,6 +263,7 @@ def total(xs):
     assert "got 'no pidfd: No such process'" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_reading_the_project_home_etc_and_parent_environment(monkeypatch):
     monkeypatch.setenv("SDPO_FAKE_API_KEY", "sk-fake-should-not-leak")
     project = Path(__file__).resolve().parents[1]
@@ -285,6 +294,7 @@ def total(xs):
     assert "sk-fake" not in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_the_network_is_unreachable():
     code = _LOAD_POSIXSUBPROCESS + """
 def total(xs):
@@ -302,6 +312,7 @@ def total(xs):
 
 # ------------------------------------------------------------- reward hacking
 
+@pytest.mark.system_package("bubblewrap")
 def test_expected_outputs_are_not_in_the_sandbox():
     secret = f"expected-{uuid.uuid4().hex}"
     code = f"""
@@ -327,6 +338,7 @@ def total(xs):
     assert "got 'not seen'" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_always_equal_return_values_fail():
     code = """
 class Anything:
@@ -348,6 +360,7 @@ def total(xs):
     assert "test 2 failed: input [], expected 0, got -1" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_patching_the_harness_in_the_interpreter_does_not_help():
     # Whatever the worker's copy of the harness says is only a claimed return value: the
     # comparison is done in the parent, so forging "6" is no better than returning 6.
@@ -368,6 +381,7 @@ def total(xs):
     assert at_load.score == 0 and "malformed reply while loading the code" in at_load.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_forging_result_lines_from_inside():
     code = """
 import os, json
@@ -387,6 +401,7 @@ def total(xs):
     assert "test 1 failed" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_swallowing_the_timeout_does_not_help():
     code = """
 import signal
@@ -406,6 +421,7 @@ def total(xs):
     assert "tests 2, 3 not run after the time-out" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_threads_and_children_do_not_outlive_the_call():
     marker = f"sdpo-thread-{uuid.uuid4().hex[:8]}"
     code = f"""
@@ -469,6 +485,7 @@ def test_missing_results_are_failures_not_exceptions():
     assert r.passed == 0 and "not valid JSON" in r.feedback
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_code_tests_reward_batch_with_attacks_survives():
     reward = CodeTestsReward(FAST, max_workers=3, sandbox="bwrap")
     completions = ["def total(xs):\n    return sum(xs)\n",

@@ -77,6 +77,7 @@ def test_process_unsafe_mode_warns_once_and_works(caplog, monkeypatch):
 
 # ------------------------------------------------------------- batches
 
+@pytest.mark.system_package("bubblewrap")
 def test_batch_keeps_order_and_reward_passes_the_backend():
     jobs = [(GOOD if i % 2 == 0 else WRONG, "total", TESTS) for i in range(6)]
     results = run_python_tests_batch(jobs, FAST, sandbox="bwrap", max_workers=3)
@@ -291,6 +292,7 @@ def test_plain_encoding_round_trips_builtin_values_exactly():
         plain(nested)
 
 
+@pytest.mark.system_package("bubblewrap")
 def test_a_huge_integer_result_is_compared_and_shown_without_raising():
     r = run_python_tests("def f():\n    return 3 ** 40000\n", "f", [{"args": [], "expected": 1}], FAST)
     assert "got <int of 63399 bits>" in r.feedback

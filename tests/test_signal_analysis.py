@@ -1,7 +1,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -187,20 +186,15 @@ def test_script_dry_run_resolves_overrides():
     assert "--out_dir /scratch/me/signal-analysis/" in done.stdout and done.stdout.rstrip().endswith("--batch_size 4")
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 
+@pytest.mark.system_package("chromium")  # checked before the fixtures run
 def test_report_renders_in_headless_chromium(analysis_dir, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("SDPO_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required (SDPO_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    from tests.system_packages import require
+
+    browser = require("chromium")  # skipped without it (a failure where SDPO_REQUIRE_SYSTEM_PACKAGES=1)
     url = (analysis_dir / "report.html").as_uri()
     data = load_signals(analysis_dir / "sdpo_signals.json")
 
