@@ -90,7 +90,7 @@ def option_table(cls) -> str:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - forward references we cannot resolve: show them as written
         hints = {}
-    ours, foreign, base = _origins(cls)
+    _ours, foreign, base = _origins(cls)
     base_defaults = {f.name: _default(f) for f in dataclasses.fields(base)} if base is not None else {}
     own, inherited = [], []
     for f in fields:
@@ -99,21 +99,41 @@ def option_table(cls) -> str:
             (own if changed else inherited).append(f)
         else:
             own.append(f)
-    lines = ["| option | type | default | help |", "|---|---|---|---|"]
-    for f in own:
-        note = " (our default; inherited option)" if f.name in foreign else ""
-        help_text = f.metadata.get("help", "") + note
-        choices = f.metadata.get("choices")
-        if choices:
-            help_text += f" (one of: {', '.join(map(str, choices))})"
-        # a pipe inside a code span does not split a cell (and a backslash there would show)
-        lines.append(f"| `--{f.name}` | `{_code(_type_name(f, hints))}` | {_code(_default_text(_default(f)))} | "
-                     f"{_cell(help_text)} |")
+    groups = _grouped(own)
+    lines: list[str] = []
+    for title, members in groups:
+        if title:
+            lines += ["", f"**{title} options**", ""]
+        lines += ["| option | type | default | help |", "|---|---|---|---|"]
+        for f in members:
+            note = " (our default; inherited option)" if f.name in foreign else ""
+            help_text = f.metadata.get("help", "") + note
+            choices = f.metadata.get("choices")
+            if choices:
+                help_text += f" (one of: {', '.join(map(str, choices))})"
+            # a pipe inside a code span does not split a cell (and a backslash there would show)
+            lines.append(f"| `--{f.name}` | `{_code(_type_name(f, hints))}` | {_code(_default_text(_default(f)))} | "
+                         f"{_cell(help_text)} |")
     if inherited and base is not None:
         names = ", ".join(f"`--{f.name}`" for f in inherited)
         lines += ["", f"Also accepted, with their `{base.__module__.split('.')[0]}.{base.__name__}` defaults "
                       f"({len(inherited)} options): {names}."]
     return "\n".join(lines)
+
+
+def _grouped(fields: list) -> list[tuple[str, list]]:
+    """The fields in the groups ``sdpo <command> --help`` prints (``sdpo.cli.option_group``), in its order;
+    one untitled group for a short command, as the help has."""
+    from sdpo import cli
+
+    option_group = getattr(cli, "option_group", None)
+    if option_group is None or len(fields) < getattr(cli, "_GROUPED_FROM", 12):
+        return [("", fields)]
+    by_group: dict[str, list] = {}
+    for f in fields:
+        by_group.setdefault(option_group(f.name, f.metadata), []).append(f)
+    order = list(getattr(cli, "HELP_GROUPS", ())) + [g for g in by_group if g not in getattr(cli, "HELP_GROUPS", ())]
+    return [(g, by_group[g]) for g in order if by_group.get(g)]
 
 
 def cli_commands() -> list[tuple[str, str, type]]:
