@@ -256,3 +256,22 @@ def test_trainer_under_ddp_zero3_and_fsdp2_trains_the_same_model(tiny_dir, tmp_p
     assert max_weight_diff(outs["ddp"], tiny_dir) > 1e-4  # it trained
     assert max_weight_diff(outs["zero3"], outs["ddp"]) <= 5e-5
     assert max_weight_diff(outs["fsdp2"], outs["ddp"]) <= 5e-5
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_step_with_a_non_finite_gradient_norm_changes_neither_student_nor_ema_teacher(tok, tmp_path, skip):
+    """As lasgroup/SDPO (verl/workers/actor/dp_actor.py, _optimizer_step / update_policy): a non-finite gradient
+    norm skips the optimizer step and the EMA teacher update (issue 28); skip_nonfinite_steps=False is TRL's."""
+    def reward(prompts, completions, **_):
+        return [{"score": float(k % 2), "feedback": "f"} for k in range(len(completions))]
+
+    trainer = _trainer(tok, tmp_path, reward, steps=1, sdpo_config=SDPOConfig(ema_tau=0.3, skip_nonfinite_steps=skip))
+    first = next(p for p in trainer.model.parameters() if p.requires_grad)
+    first.register_hook(lambda g: g * float("nan"))  # the gradient norm of every step is NaN
+    student0 = [p.detach().clone() for p in trainer.model.parameters()]
+    teacher0 = [p.detach().clone() for p in trainer.teacher_model.parameters()]
+    trainer.train()
+    student_same = all(torch.equal(a, b) for a, b in zip(student0, trainer.model.parameters()))
+    teacher_same = all(torch.equal(a, b) for a, b in zip(teacher0, trainer.teacher_model.parameters()))
+    assert (student_same, teacher_same) == (skip, skip)
+    assert trainer.nonfinite_steps == (1 if skip else 0)

@@ -39,6 +39,9 @@ from sdpo.signal import EncodedExample, completion_logprobs, encode_examples, hi
 from sdpo.templates import DEFAULT_OFFLINE_TEMPLATE, TEMPLATE_NAMES
 
 
+FIRST_TOKENS_RULES = ("batch", "sequence")
+
+
 @dataclass
 class OfflineSDPOConfig(TrainingArguments):
     """Options of ``sdpo train-offline``; every ``TrainingArguments`` option works too."""
@@ -49,10 +52,22 @@ class OfflineSDPOConfig(TrainingArguments):
                           metadata={"help": f"teacher context: {', '.join(TEMPLATE_NAMES)}"})
     max_context_tokens: int = field(default=2048, metadata={"help": "contexts are cut from the left to this"})
     ignore_first_tokens: int = field(default=2, metadata={"help": "response tokens at the start left out of the loss"})
+    ignore_first_tokens_rule: str = field(
+        default="batch", metadata={"help": "batch (the reference): the first tokens are left out only when the "
+                                            "batch's longest response is longer than ignore_first_tokens, and a "
+                                            "response with no token left counts as 0 in the batch mean; sequence: "
+                                            "every response loses its first tokens and one with none left is out "
+                                            "of the mean"})
     advantage_centering: str = field(default="none", metadata={"help": "none or sequence (mean-centre per response)"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clip advantages to [-c, c]"})
     kl_coef: float = field(default=0.0, metadata={"help": "weight of KL(policy || initial model) on y tokens"})
     append_eos: bool = field(default=True, metadata={"help": "append EOS to y"})
+    strip_response: bool = field(
+        default=True, metadata={"help": "remove trailing whitespace from y before the EOS (the reference); false "
+                                        "keeps y as logged"})
+    max_response_tokens: int = field(
+        default=2048, metadata={"help": "keep the first N tokens of y, EOS included (the reference's 2048); 0 = "
+                                        "no limit"})
     skip_invalid: bool = field(default=False, metadata={"help": "count and skip malformed records instead of failing"})
     max_records: int | None = field(default=None, metadata={"help": "use only the first N records"})
     model_dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
@@ -132,11 +147,13 @@ class OfflineSDPOConfig(TrainingArguments):
             raise ValueError(f"advantage_centering must be one of {CENTERING}, got {self.advantage_centering!r}")
         if self.ignore_first_tokens < 0:
             raise ValueError("ignore_first_tokens must be >= 0")
+        if self.ignore_first_tokens_rule not in FIRST_TOKENS_RULES:
+            raise ValueError(f"ignore_first_tokens_rule must be batch or sequence, got {self.ignore_first_tokens_rule!r}")
         if self.advantage_clip is not None and self.advantage_clip <= 0:
             raise ValueError("advantage_clip must be positive")
 
 
-OfflineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'per_device_train_batch_size': '>=1', 'num_train_epochs': '>0', 'max_steps': '-1or>=1', 'learning_rate': '>0', 'warmup_steps': '>=0', 'weight_decay': '>=0', 'adam_beta1': '[0,1)', 'adam_beta2': '[0,1)', 'adam_epsilon': '>0', 'gradient_accumulation_steps': '>=1', 'max_grad_norm': '>=0', 'label_smoothing_factor': '[0,1)', 'neftune_noise_alpha': '>0|None', 'torch_empty_cache_steps': '>=1|None', 'logging_steps': '>0', 'eval_steps': '>0|None', 'eval_delay': '>=0', 'per_device_eval_batch_size': '>=1', 'eval_accumulation_steps': '>=1|None', 'save_steps': '>0', 'save_total_limit': '>=0|None', 'seed': '>=0', 'data_seed': '>=0|None', 'dataloader_num_workers': '>=0', 'dataloader_prefetch_factor': '>=1|None', 'ddp_bucket_cap_mb': '>=1|None', 'ddp_timeout': '>=1', 'local_rank': '>=-1', 'max_context_tokens': '>=1', 'ignore_first_tokens': '>=0', 'advantage_clip': '>0|None', 'kl_coef': '>=0', 'max_records': '>=1|None', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)'}.items() if k in OfflineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules (the -1 rules: sdpo.number_rules)
+OfflineSDPOConfig.NUMBER_RULES = {k: v for k, v in {'per_device_train_batch_size': '>=1', 'num_train_epochs': '>0', 'max_steps': '-1or>=1', 'learning_rate': '>0', 'warmup_steps': '>=0', 'weight_decay': '>=0', 'adam_beta1': '[0,1)', 'adam_beta2': '[0,1)', 'adam_epsilon': '>0', 'gradient_accumulation_steps': '>=1', 'max_grad_norm': '>=0', 'label_smoothing_factor': '[0,1)', 'neftune_noise_alpha': '>0|None', 'torch_empty_cache_steps': '>=1|None', 'logging_steps': '>0', 'eval_steps': '>0|None', 'eval_delay': '>=0', 'per_device_eval_batch_size': '>=1', 'eval_accumulation_steps': '>=1|None', 'save_steps': '>0', 'save_total_limit': '>=0|None', 'seed': '>=0', 'data_seed': '>=0|None', 'dataloader_num_workers': '>=0', 'dataloader_prefetch_factor': '>=1|None', 'ddp_bucket_cap_mb': '>=1|None', 'ddp_timeout': '>=1', 'local_rank': '>=-1', 'max_context_tokens': '>=1', 'ignore_first_tokens': '>=0', 'max_response_tokens': '>=0', 'advantage_clip': '>0|None', 'kl_coef': '>=0', 'max_records': '>=1|None', 'lora_r': '>=1', 'lora_alpha': '>0', 'lora_dropout': '[0,1)'}.items() if k in OfflineSDPOConfig.__dataclass_fields__}  # checked by sdpo.cli.check_number_rules (the -1 rules: sdpo.number_rules)
 
 
 class InteractionDataset(Dataset):
@@ -147,11 +164,18 @@ class InteractionDataset(Dataset):
         self.lengths = [len(e.teacher_context) + len(e.response) for e in encoded]
 
     @classmethod
-    def from_records(cls, records, tokenizer, *, template=DEFAULT_OFFLINE_TEMPLATE, max_context_tokens=2048, append_eos=True):
-        examples = [(r.x, r.y, r.o) for r in records]
-        return cls(
-            encode_examples(tokenizer, examples, template, max_context_tokens=max_context_tokens, append_eos=append_eos)
-        )
+    def from_records(cls, records, tokenizer, *, template=DEFAULT_OFFLINE_TEMPLATE, max_context_tokens=2048, append_eos=True,
+                     strip_response=False, max_response_tokens=0):
+        """``strip_response``: trailing whitespace of ``y`` removed before the EOS; ``max_response_tokens``: ``y``
+        (EOS included) cut to its first N tokens (0: no limit). Both as the reference's collator
+        (``offline_sdpo_trainer.py`` L89-107: ``text.rstrip() + eos_token``, truncated to 2048 tokens)."""
+        examples = [(r.x, r.y.rstrip() if strip_response else r.y, r.o) for r in records]
+        encoded = encode_examples(tokenizer, examples, template, max_context_tokens=max_context_tokens,
+                                  append_eos=append_eos)
+        if max_response_tokens:
+            for e in encoded:
+                del e.response[max_response_tokens:]
+        return cls(encoded)
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -219,15 +243,7 @@ class OfflineSDPOTrainer(Trainer):
         encoded = inputs["encoded"]
         student, teacher = hindsight_logprobs(model, encoded, pad_token_id=self.pad_token_id, student_grad=True)
         reference = self._reference_logprobs(model, encoded) if cfg.kl_coef else None
-        loss, stats = advantage_pg_loss(
-            student,
-            teacher,
-            ignore_first=cfg.ignore_first_tokens,
-            centering=cfg.advantage_centering,
-            clip=cfg.advantage_clip,
-            reference=reference,
-            kl_coef=cfg.kl_coef,
-        )
+        loss, stats = offline_loss(student, teacher, cfg, reference=reference)
         for key, value in stats.items():
             self._signal_stats[key].append(value)
         self._signal_stats["response_length"].append(sum(len(e.response) for e in encoded) / len(encoded))
@@ -244,6 +260,27 @@ class OfflineSDPOTrainer(Trainer):
                     logs[key] = sum(values) / len(values)
             self._signal_stats.clear()
         super().log(logs, *args, **kwargs)
+
+
+def offline_loss(student, teacher, cfg, *, reference=None):
+    """The batch loss of offline SDPO: ``advantage_pg_loss`` with the first ``ignore_first_tokens`` response
+    tokens left out by ``ignore_first_tokens_rule``.
+
+    ``batch`` (the reference, ``offline_sdpo_trainer.py`` L389-393 and L217-227): the tokens are cut only
+    when the batch's padded width (its longest response) is longer than ``ignore_first_tokens``; a response
+    with no token left then contributes 0 and still counts in the mean over the batch's sequences.
+    ``sequence``: each response longer than ``ignore_first_tokens`` loses its first tokens, and shorter ones
+    are left out of the mean."""
+    k = cfg.ignore_first_tokens
+    lengths = [int(s.shape[0]) for s in student]
+    if cfg.ignore_first_tokens_rule == "batch" and lengths and max(lengths) <= k:
+        k = 0  # the reference slices only a batch wider than k
+    loss, stats = advantage_pg_loss(student, teacher, ignore_first=k, centering=cfg.advantage_centering,
+                                    clip=cfg.advantage_clip, reference=reference, kl_coef=cfg.kl_coef)
+    kept = sum(n > k for n in lengths)
+    if cfg.ignore_first_tokens_rule == "batch" and 0 < kept < len(lengths):
+        loss = loss * (kept / len(lengths))  # the responses with no token left: zeros in the batch mean
+    return loss, stats
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -283,6 +320,8 @@ def build_trainer(config: OfflineSDPOConfig, *, model=None, tokenizer=None, reco
         template=config.template,
         max_context_tokens=config.max_context_tokens,
         append_eos=config.append_eos,
+        strip_response=config.strip_response,
+        max_response_tokens=config.max_response_tokens,
     )
     cut = sum(e.student_truncated > 0 or e.teacher_truncated > 0 for e in dataset.encoded)
     if cut:

@@ -97,6 +97,12 @@ class SDPOConfig:
     """EMA rate: teacher <- (1 - tau) teacher + tau student."""
     ema_update_every: int = 1
     """Optimizer steps between EMA updates."""
+    skip_nonfinite_steps: bool = True
+    """A step whose gradient norm is not finite (inf/NaN) changes nothing: its gradients are dropped (the
+    optimizer leaves every weight as it is) and the EMA teacher is not updated, as lasgroup/SDPO
+    (``verl/workers/actor/dp_actor.py`` ``_optimizer_step`` and ``update_policy``). Counted in
+    ``trainer.nonfinite_steps``. False: TRL's behaviour (the optimizer steps and the EMA follows). Not
+    applied under DeepSpeed, whose engine owns the step."""
     is_coef: float = 1.0
     """Exponent of the clipped importance weight for off-policy steps (0 disables the correction;
     the references have no exponent, i.e. 1)."""
@@ -636,9 +642,44 @@ class SDPOTrainer(TRLSDPOTrainer):
             peft_config=peft_config,
         )
         self.teacher_context_builder = FeedbackTeacherContextBuilder(self)
+        self.nonfinite_steps = 0
+        self._step_skipped = False
+        self._guard_ema_callbacks()
         from sdpo.distributed import consolidate_zero3_saves
 
         consolidate_zero3_saves(self.accelerator)  # saved models load with from_pretrained under ZeRO-3 too
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The gradient norm (``Trainer``'s); with ``skip_nonfinite_steps`` a non-finite one drops the gradients
+        so that the optimizer step that follows changes no weight (the reference skips that step)."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._step_skipped = False
+        if norm is not None and self.sdpo_config.skip_nonfinite_steps and not self.is_deepspeed_enabled:
+            value = float(norm.item() if hasattr(norm, "item") else norm)
+            if not math.isfinite(value):
+                self._step_skipped = True
+                self.nonfinite_steps += 1
+                for p in model.parameters():
+                    p.grad = None  # torch optimizers leave a parameter without a gradient untouched
+                logger.warning("gradient norm %s at step %d: the step is skipped (weights and EMA teacher "
+                               "unchanged; %d such steps so far)", value, self.state.global_step + 1,
+                               self.nonfinite_steps)
+        return norm
+
+    def _guard_ema_callbacks(self) -> None:
+        """The EMA teacher's callbacks (TRL's) skip the update after a skipped step."""
+        from trl.experimental.sdpo.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, (SyncTeacherModelCallback, PEFTAdapterEMACallback)):
+                update = callback.on_step_end
+
+                def guarded(args, state, control, _update=update, **kwargs):
+                    if self._step_skipped:
+                        return None
+                    return _update(args, state, control, **kwargs)
+
+                callback.on_step_end = guarded
 
     def save_model(self, output_dir=None, _internal_call=False):
         """Under FSDP with sharded checkpoints, the model saved by hand is one loadable file."""
