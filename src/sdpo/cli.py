@@ -41,6 +41,10 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# commands that run models: they say how many threads they use (sdpo.threads)
+COMPUTE_COMMANDS = ("signal", "signal-analysis", "teacher-check", "train-online", "train-offline", "eval", "chat", "spo")
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
@@ -51,7 +55,8 @@ def _usage() -> str:
         "commands:",
     ]
     lines += [f"  {name.ljust(width)}  {cmd.summary}" for name, cmd in COMMANDS.items()]
-    lines += ["", "Every option is also a YAML key: sdpo <command> --config options.yaml"]
+    lines += ["", "Every option is also a YAML key: sdpo <command> --config options.yaml",
+              "Every command takes --num_threads N (CPU threads; default: the cores not busy, see sdpo.threads)"]
     return "\n".join(lines)
 
 
@@ -565,9 +570,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if _cached_help(name, rest):
         raise SystemExit(0)  # as argparse does after printing a help
-    from sdpo.progress import quiet_logs
+    from sdpo import threads
+    from sdpo.progress import main_process, quiet_logs
+
+    try:
+        threads_flag, rest = threads.take_flag(rest)
+    except ValueError as err:
+        _error(f"sdpo {name}: error: {err}")
+        return 2
+    choice = None
+    if not any(a in ("-h", "--help") for a in rest):
+        # before torch is imported: its thread count and OpenMP's wait policy (sdpo.threads); said once parsed
+        choice = threads.configure(threads_flag)
+    speaking = name in COMPUTE_COMMANDS and main_process()
+    notice = _slow_start_notice(name) if speaking else None
+
+    def parsed():  # the options are fine: say what the run uses, before anything slow
+        if notice is not None:
+            notice.cancel()
+        if speaking and choice is not None and choice.source != "the calling program":
+            print(choice.line(), file=sys.stderr, flush=True)
 
     quiet_logs()  # warnings once (rank 0 only under a launcher), no library banners or nested bars
+    try:
+        return _run_command(name, rest, parsed)
+    finally:
+        if notice is not None:
+            notice.cancel()
+
+
+def _run_command(name: str, rest: list[str], parsed: Callable[[], None]) -> int:
     module = importlib.import_module(f"sdpo.commands.{COMMANDS[name].module}")
     subcommands = getattr(module, "SUBCOMMANDS", None)
     if subcommands is not None:  # e.g. `sdpo spo train ...`
@@ -586,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments, sub_run, summary = subcommands[sub]
         try:
             args = parse_command_args(name, arguments, rest, description=summary, prog=f"sdpo {name} {sub}")
+            parsed()
             return _finished(sub_run(args))
         except UsageError as err:
             _error(f"sdpo {name} {sub}: error: {err}")
@@ -601,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = [f"--{positional}", rest[0], *rest[1:]]
     try:
         args = parse_command_args(name, module.ARGUMENTS, rest)
+        parsed()
         return _finished(run(args))
     except UsageError as err:
         _error(f"sdpo {name}: error: {err}")
@@ -618,6 +652,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(f"sdpo {name}: error: {err}")
             return 2
         raise
+
+
+def _slow_start_notice(name: str, after_s: float = 2.0):
+    """In a terminal, a line if loading the libraries (torch, transformers) keeps the user waiting before the
+    options are even read; cancelled once they are. None where stderr is not a terminal."""
+    try:
+        if not sys.stderr.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    import threading
+
+    timer = threading.Timer(after_s, lambda: print(f"sdpo {name}: loading torch and transformers ...",
+                                                   file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _error(line: str, more: str = "") -> None:
