@@ -117,9 +117,9 @@ def test_caps_shuffle_and_dedupe():
 
 
 def test_bad_rows_are_named():
-    with pytest.raises(ConversationError, match="row 0: missing column 'conversations'"):
+    with pytest.raises(ConversationError, match="row 1: missing column 'conversations'"):
         extract([{"conversation": []}], "wildfeedback")
-    with pytest.raises(ConversationError, match="row 1: message 0 has unknown role 'robot'"):
+    with pytest.raises(ConversationError, match="row 2: message 0 has unknown role 'robot'"):
         extract([{"conversations": []}, {"conversations": [{"from": "robot", "value": "x"}]}], "wildfeedback")
     with pytest.raises(ConversationError, match="needs 'role' and 'content'"):
         normalize_messages([{"role": "user"}], role_key="role", content_key="content", where="row 0")
@@ -142,3 +142,29 @@ def test_prepare_command_writes_records_and_stats(tmp_path, capsys):
     assert len((tmp_path / "wf.jsonl").read_text().splitlines()) == 48
     assert main(["prepare", "sharegpt"]) == 2
     assert main(["prepare", "wildchat", "--input_file", str(tmp_path / "missing.jsonl")]) == 2
+
+
+@pytest.mark.parametrize("dataset", ["wildfeedback", "wildchat"])
+def test_prepare_names_bad_rows_by_file_and_line_in_file_order(tmp_path, capsys, dataset):
+    """Issue 28: 1-based line numbers of the input file, named, in file order (WildChat is shuffled after)."""
+    import json
+
+    column = "conversations" if dataset == "wildfeedback" else "conversation"
+    good = json.loads(_sample_line(dataset))
+    path = tmp_path / "logs.jsonl"
+    lines = [json.dumps(good), "", json.dumps({"other": 1})] + [json.dumps(good)] * 6 + [json.dumps({"other": 2})]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["prepare", dataset, "--input_file", str(path), "--output", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"2 bad rows: {path}:3: missing column '{column}'" in err  # line 3: the blank line 2 is counted
+    assert err.index(f"{path}:3:") < err.index(f"{path}:10: missing column '{column}'")
+    path.write_text("\n".join(lines[:3]) + "\n")
+    assert main(["prepare", dataset, "--input_file", str(path), "--output", str(tmp_path / "out.jsonl")]) == 2
+    assert f"error: {path}:3: missing column '{column}'" in capsys.readouterr().err
+
+
+def _sample_line(dataset):
+    from sdpo.data.logs import sample_path
+
+    return sample_path(dataset).read_text(encoding="utf-8").splitlines()[0]

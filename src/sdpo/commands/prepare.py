@@ -56,7 +56,7 @@ POSITIONAL = "dataset"
 
 def run(args: PrepareArguments) -> int:
     from sdpo.data.interactions import write_interactions
-    from sdpo.data.logs import SOURCES, extract, load_rows
+    from sdpo.data.logs import SOURCES, extract, load_rows, row_labels
 
     from sdpo.data.prompt_sources import PROMPT_SOURCES
 
@@ -76,6 +76,7 @@ def run(args: PrepareArguments) -> int:
         max_pairs=args.max_pairs if args.max_pairs is not None else (50_000 if wildchat else None),
         shuffle_seed=args.seed if wildchat else None,
         dedupe=args.dedupe,
+        labels=row_labels(args.input_file, len(rows), args.dataset),  # bad rows: FILE:LINE, 1-based
     )
     if not records:
         dropped = ", ".join(f"{n} {why}" for why, n in sorted(stats.dropped.items())) or "none"

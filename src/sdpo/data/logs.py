@@ -31,7 +31,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from sdpo.data.interactions import Interaction
 
@@ -148,20 +148,50 @@ def extract_pairs(messages: list[dict[str, str]], *, conv_id: str, source: str, 
         )
 
 
-def _rows_wildfeedback(row: dict, index: int):
-    if "conversations" not in row:
-        raise ConversationError(f"row {index}: missing column 'conversations' (WildFeedback layout)")
+def _rows_wildfeedback(row: dict, index: int, where: str):
+    if not isinstance(row, dict) or row.get("conversations") is None:  # a table fills a missing column with None
+        raise ConversationError(f"{where}: missing column 'conversations' (WildFeedback layout)")
     conv_id = str(row.get("conversation_id") or row.get("id") or f"wf-{index}")
-    messages = normalize_messages(row["conversations"], role_key="from", content_key="value", where=f"row {index}")
+    messages = normalize_messages(row["conversations"], role_key="from", content_key="value", where=where)
     return conv_id, messages, None
 
 
-def _rows_wildchat(row: dict, index: int):
-    if "conversation" not in row:
-        raise ConversationError(f"row {index}: missing column 'conversation' (WildChat layout)")
+def _rows_wildchat(row: dict, index: int, where: str):
+    if not isinstance(row, dict) or row.get("conversation") is None:  # a table fills a missing column with None
+        raise ConversationError(f"{where}: missing column 'conversation' (WildChat layout)")
     conv_id = str(row.get("conversation_hash") or row.get("conversation_id") or f"wc-{index}")
-    messages = normalize_messages(row["conversation"], role_key="role", content_key="content", where=f"row {index}")
+    messages = normalize_messages(row["conversation"], role_key="role", content_key="content", where=where)
     return conv_id, messages, row.get("language")
+
+
+MAX_NAMED_ROWS = 5
+
+
+def row_labels(input_file: str | None, n_rows: int, source: str | None = None) -> list[str]:
+    """How each row of a conversation table is named in messages, in file order and 1-based: ``FILE:LINE``
+    for a JSON-lines file (blank lines skipped as the loader skips them), ``FILE: row N`` for other files,
+    ``row N`` for a hub dataset."""
+    if input_file in ("sample", "bundled") and source is not None:
+        input_file = str(sample_path(source))
+    if not input_file:
+        return [f"row {i + 1}" for i in range(n_rows)]
+    path = Path(input_file)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        try:
+            with path.open("rb") as f:
+                lines = [lineno for lineno, raw in enumerate(f, 1) if raw.strip()]
+        except OSError:
+            lines = []
+        if len(lines) == n_rows:  # one row per non-blank line (not a JSON array)
+            return [f"{input_file}:{lineno}" for lineno in lines]
+    return [f"{input_file}: row {i + 1}" for i in range(n_rows)]
+
+
+def _bad_rows_error(bad: list[str], count: int) -> ConversationError:
+    if count == 1:
+        return ConversationError(bad[0])
+    more = f"; and {count - len(bad)} more" if count > len(bad) else ""
+    return ConversationError(f"{count} bad rows: {'; '.join(bad)}{more}")
 
 
 def extract(
@@ -173,15 +203,32 @@ def extract(
     max_pairs: int | None = None,
     shuffle_seed: int | None = None,
     dedupe: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> tuple[list[Interaction], ExtractionStats]:
-    """Records from conversation rows of ``source`` (``wildfeedback`` or ``wildchat``)."""
+    """Records from conversation rows of ``source`` (``wildfeedback`` or ``wildchat``).
+
+    Every row's layout is checked first, in file order: bad rows raise one :class:`ConversationError`
+    naming them (``labels[i]`` for row ``i``, see :func:`row_labels`; default ``row <i+1>``), before the
+    seeded shuffle and the caps."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     parse = _rows_wildfeedback if source == "wildfeedback" else _rows_wildchat
     if english_only is None:
         english_only = source == "wildchat"
     rows = list(rows)
-    order = list(range(len(rows)))
+    parsed, bad, n_bad = [], [], 0
+    for index, row in enumerate(rows):  # in file order, so the first bad row named is the first in the file
+        try:
+            parsed.append(parse(row, index, labels[index] if labels is not None else f"row {index + 1}"))
+        except ConversationError as err:
+            n_bad += 1
+            if len(bad) < MAX_NAMED_ROWS:
+                bad.append(str(err))
+            parsed.append(None)
+    if n_bad:
+        raise _bad_rows_error(bad, n_bad)
+    del rows
+    order = list(range(len(parsed)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     stats = ExtractionStats()
@@ -192,7 +239,7 @@ def extract(
             stats.dropped["conversations over the cap"] += 1
             continue
         stats.conversations_seen += 1
-        conv_id, messages, language = parse(rows[index], index)
+        conv_id, messages, language = parsed[index]
         if english_only and not is_english(language):
             stats.dropped["conversations not in English (or without a language)"] += 1
             continue
