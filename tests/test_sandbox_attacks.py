@@ -500,3 +500,95 @@ def test_code_tests_reward_batch_with_attacks_survives():
     assert "the process stopped (exit status 0)" in out[3]["feedback"]
     assert os.getpid() > 0
     assert signal.getsignal(signal.SIGINT) is not None
+
+
+# ------------------------------------------------------------- issue 28: the process-only sandbox's hook, /proc/1
+
+PROCESS_UNSAFE_ESCAPES = """
+import os
+def total(xs):
+    made = []
+    target = {target!r}
+    attempts = {{
+        'os.open O_CREAT': lambda: os.close(os.open(target + '/escape-open', os.O_CREAT | os.O_WRONLY, 0o644)),
+        'os.open O_APPEND': lambda: os.close(os.open(target + '/existing', os.O_WRONLY | os.O_APPEND)),
+        'os.open O_TRUNC': lambda: os.close(os.open(target + '/existing', os.O_RDWR | os.O_TRUNC)),
+        'open opener': lambda: open(target + '/escape-opener', 'rb', opener=lambda p, f: os.open(p, f | os.O_CREAT | os.O_WRONLY)).close(),
+        'chdir': lambda: os.chdir(target),
+        'mkfifo': lambda: os.mkfifo(target + '/escape-fifo'),
+        'mknod': lambda: os.mknod(target + '/escape-node'),
+        'sqlite3': lambda: __import__('sqlite3').connect(target + '/escape.db').execute('create table t (x)'),
+        'sqlite3 uri': lambda: __import__('sqlite3').connect('file:' + target + '/escape2.db?mode=rwc', uri=True).execute('create table t (x)'),
+        'inside dir_fd, ../': lambda: os.close(os.open('../' + os.path.basename(target) + '/escape-up', os.O_CREAT | os.O_WRONLY, dir_fd=os.open('.', os.O_RDONLY))),
+    }}
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        fd = None
+    if fd is not None:
+        made.append('a directory outside was opened')
+        attempts.update({{
+            'dir_fd open': lambda: os.close(os.open('escape', os.O_CREAT | os.O_WRONLY, dir_fd=fd)),
+            'dir_fd mkdir': lambda: os.mkdir('escape-dir', dir_fd=fd),
+            'dir_fd symlink': lambda: os.symlink('/work', 'escape-link', dir_fd=fd),
+            'dst_dir_fd link': lambda: (open('here', 'w').close(), os.link('here', 'escape-hard', dst_dir_fd=fd)),
+            'dst_dir_fd rename': lambda: (open('moved', 'w').close(), os.rename('moved', 'escape-moved', dst_dir_fd=fd)),
+            'dst_dir_fd replace': lambda: (open('moved2', 'w').close(), os.replace('moved2', 'escape-moved2', dst_dir_fd=fd)),
+        }})
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+            made.append(name)
+        except Exception:  # noqa: BLE001 - refused (OSError), removed (AttributeError), no sqlite3 here, ...
+            pass
+    # honest work inside the working directory still works
+    with open('inside.txt', 'w') as f:
+        f.write('ok')
+    os.close(os.open('inside2.txt', os.O_CREAT | os.O_WRONLY))
+    os.mkdir('sub')
+    os.rename('inside.txt', 'sub/inside.txt')
+    return made
+"""
+
+
+def test_process_unsafe_blocks_os_open_dir_fd_and_rename_dst_dir_fd(tmp_path):
+    target = tmp_path / "outside"
+    target.mkdir()
+    target.chmod(0o777)  # writable by anyone: only the audit hook stands in the way (the worker may be nobody)
+    (target / "existing").write_text("keep")
+    (target / "existing").chmod(0o666)
+    code = PROCESS_UNSAFE_ESCAPES.format(target=str(target))
+    r = run_python_tests(code, "total", [{"args": [[]], "expected": []}], FAST, sandbox="process-unsafe")
+    assert r.score == 1.0, r.feedback  # nothing got through, and the honest writes inside worked
+    assert sorted(p.name for p in target.iterdir()) == ["existing"]
+    assert (target / "existing").read_text() == "keep"
+
+
+@pytest.mark.system_package("bubblewrap")
+def test_the_worker_cannot_reopen_the_files_of_pid_1():
+    """PID 1 of the sandbox is the non-dumpable harness (--as-pid-1), not a bubblewrap reaper holding the
+    parent's stdin/stdout files: its /proc/1/fd entries can be neither resolved nor reopened."""
+    code = """
+import os
+def total(xs):
+    got = []
+    try:
+        names = os.listdir('/proc/1/fd')
+    except OSError:
+        names = [str(n) for n in range(16)]
+    for name in names:
+        path = '/proc/1/fd/' + name
+        try:
+            got.append(('readlink', name, os.readlink(path)))
+        except OSError:
+            pass
+        try:
+            with open(path, 'rb') as f:
+                got.append(('read', name, f.read(64)))
+        except OSError:
+            pass
+    cmdline = open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0]
+    return [got, b'bwrap' in cmdline]
+"""
+    r = run(code, tests=[{"args": [[]], "expected": [[], False]}])
+    assert r.score == 1.0, r.feedback

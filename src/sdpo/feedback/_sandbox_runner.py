@@ -137,15 +137,29 @@ BLOCKED_EVENTS = {
 BLOCKED_IMPORTS = {"_posixsubprocess", "ctypes", "_ctypes", "multiprocessing", "_multiprocessing"}
 WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
                 "os.link", "os.symlink", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+# (path argument, its dir_fd argument) positions of the write events that take a dir_fd (-1/None: none given)
+DIR_FD_ARGS = {"os.remove": [(0, 1)], "os.rmdir": [(0, 1)], "os.mkdir": [(0, 2)], "os.chmod": [(0, 2)],
+               "os.chown": [(0, 3)], "os.utime": [(0, 3)], "os.symlink": [(0, None), (1, 2)],
+               "os.rename": [(0, 2), (1, 3)], "os.link": [(0, 2), (1, 3)]}
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
-def inside(path):
+def inside(path, dir_fd=None):
+    """Whether ``path`` (relative to ``dir_fd`` when one is given, else to the working directory, which the
+    model's code cannot change) resolves inside the working directory."""
     try:
-        real = os.path.realpath(os.fspath(path))
+        path = os.fspath(path)
     except TypeError:
         return True  # file descriptors: only ones already held
-    if isinstance(real, bytes):
-        real = os.fsdecode(real)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
+        try:
+            base = os.readlink(f"/proc/self/fd/{dir_fd}")
+        except OSError:
+            return False  # a directory we cannot name: refused
+        path = os.path.join(base, path)
+    real = os.path.realpath(path)
     return real == WORKDIR or real.startswith(WORKDIR + os.sep)
 
 
@@ -161,13 +175,35 @@ def hook(event, args):
         raise SandboxViolation(f"sandbox: importing {args[0]} is not allowed")
     if event == "open" and len(args) >= 2:
         path, mode = args[0], args[1]
+        flags = args[2] if len(args) >= 3 and isinstance(args[2], int) else 0
         writing = isinstance(mode, str) and any(c in mode for c in "wax+")
         if isinstance(mode, int):
-            writing = bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
-        if writing and path is not None and not inside(path):
-            raise SandboxViolation(f"sandbox: writing outside the working directory is not allowed ({path})")
-    if event in WRITE_EVENTS and args and not all(inside(a) for a in args[:2] if isinstance(a, (str, bytes))):
-        raise SandboxViolation(f"sandbox: changing files outside the working directory is not allowed ({event})")
+            writing = bool(mode & WRITE_FLAGS)
+        if mode is None:  # os.open: the flags say it
+            writing = bool(flags & WRITE_FLAGS)
+        if path is not None and not isinstance(path, int) and not inside(path):
+            if writing:
+                raise SandboxViolation(f"sandbox: writing outside the working directory is not allowed ({path})")
+            # a descriptor of a directory outside would let dir_fd= calls (whose dir_fd this event does not
+            # show) create files there: only directories inside can be opened
+            if mode is None and (flags & getattr(os, "O_DIRECTORY", 0) or os.path.isdir(path)):
+                raise SandboxViolation(f"sandbox: opening a directory outside the working directory is not "
+                                       f"allowed ({path})")
+    if event == "sqlite3.connect" and args:  # sqlite creates its database file itself, without an 'open' event
+        db = args[0]
+        db = os.fsdecode(db) if isinstance(db, bytes) else str(db)
+        if db not in (":memory:", "") and (db.startswith("file:") or not inside(db)):
+            raise SandboxViolation(f"sandbox: a database outside the working directory is not allowed ({db})")
+    if event == "os.chdir":  # paths are checked against the working directory: it stays where it is
+        raise SandboxViolation("sandbox: changing the working directory is not allowed (os.chdir)")
+    if event in WRITE_EVENTS and args:
+        pairs = DIR_FD_ARGS.get(event) or [(0, None), (1, None)]
+        for at, fd_at in pairs:
+            if at < len(args) and isinstance(args[at], (str, bytes, os.PathLike)):
+                dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
+                if not inside(args[at], dir_fd):
+                    raise SandboxViolation(
+                        f"sandbox: changing files outside the working directory is not allowed ({event})")
 
 
 def set_limits():
@@ -213,6 +249,12 @@ def worker(req_fd, rep_fd):
     cap = int(SPEC.get("max_repr_chars", 200))
     out = CappedText(int(SPEC["max_output_chars"]))
     sys.stdout = sys.stderr = out
+    import posix
+
+    for name in ("mkfifo", "mknod"):  # they raise no audit event, so the hook cannot check their paths
+        for module in (os, posix):
+            if hasattr(module, name):
+                delattr(module, name)
     sys.addaudithook(hook)
     namespace = {"__name__": "solution"}
     try:

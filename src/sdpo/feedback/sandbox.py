@@ -12,7 +12,8 @@ variable; default ``"bwrap"``):
   the working directory ``/work`` (``$HOME``, ``$TMPDIR``) is a private tmpfs capped at
   ``max_disk_mb``; ``/dev`` is bubblewrap's minimal read-only one; ``/proc`` shows
   only the sandbox's processes; the environment is cleared; ``--die-with-parent``
-  and a new session. Started as root, bubblewrap itself runs as ``nobody`` when the
+  and a new session; PID 1 of the sandbox is the harness itself (``--as-pid-1``,
+  non-dumpable), so ``/proc/1`` names no file of the parent. Started as root, bubblewrap itself runs as ``nobody`` when the
   interpreter is readable by it (so the sandbox is uid 65534 on the host too);
   otherwise it runs as root and maps the sandbox's uid 65534 to host root without any
   capability (``isolation`` says which). Missing ``bwrap`` or user namespaces that
@@ -21,6 +22,19 @@ variable; default ``"bwrap"``):
 - ``"process-unsafe"``: the same harness in a plain ``python -I -S`` process (rlimits,
   audit hook, a private network namespace where the kernel allows, ``nobody`` when
   started as root). Weaker; chosen explicitly, it logs a warning once per process.
+  What its audit hook refuses outside the working directory: ``open`` and ``os.open``
+  with any write, create, append or truncate flag; the ``os`` calls that create,
+  remove, rename, link or change files (``mkdir``, ``remove``, ``rmdir``, ``rename`` /
+  ``replace``, ``link``, ``symlink``, ``chmod``, ``chown``, ``utime``, ``truncate``), their
+  ``dir_fd`` / ``src_dir_fd`` / ``dst_dir_fd`` resolved through ``/proc/self/fd``; sqlite
+  databases. ``os.open`` of a directory outside is refused (so no ``dir_fd`` can point
+  there, which the ``open`` event would not show) and the working directory cannot be
+  changed. ``os.mkfifo`` and ``os.mknod`` raise no audit event, so they are removed from
+  ``os`` and ``posix`` in the worker. What it does not stop: anything that is not one of
+  these Python calls - native code (``ctypes`` is refused, other C extensions are not
+  checked), a rebuilt ``posix`` module, reading files outside - so the model's code can
+  still write wherever the user it runs as may write. Only ``"bwrap"`` makes that
+  impossible.
 - ``"remote:<url>"`` (or an ``http(s)://`` URL, or a
   :class:`~sdpo.feedback.remote_sandbox.RemoteSandbox`): a SandboxFusion-style
   ``/run_code`` service.
@@ -294,8 +308,10 @@ class BwrapSandbox:
         args = [self.bwrap, "--unshare-all", "--unshare-user"]
         if "--disable-userns" in self._help_text:
             args.append("--disable-userns")
+        # --as-pid-1: the harness (non-dumpable) is PID 1 of the sandbox's PID namespace, not a bubblewrap
+        # reaper holding the parent's stdin/stdout files, whose /proc/1/fd the worker could reopen
         args += ["--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox", "--die-with-parent",
-                 "--new-session", "--cap-drop", "ALL", "--clearenv",
+                 "--as-pid-1", "--new-session", "--cap-drop", "ALL", "--clearenv",
                  "--setenv", "HOME", "/work", "--setenv", "TMPDIR", "/work", "--setenv", "LC_ALL", "C.UTF-8"]
         for source in binds:
             args += ["--ro-bind", source, source]
