@@ -52,7 +52,8 @@ def test_reasons():
     assert non_answer_reason(REQUEST, ANSWER) is None
     # an apology in front of real content is still an answer
     assert non_answer_reason(REQUEST, "Sorry about that! " + ANSWER) is None
-    assert is_loop("one two three four " * 3) and not is_loop(ANSWER)
+    assert is_loop("one two three four " * 6) and not is_loop(ANSWER) and not is_loop(LONG_ANSWER)
+    assert not is_loop("It is big. " + ANSWER + " It is big.")  # a short sentence said twice is no loop
 
 
 def test_degeneracy_rate_and_spans():

@@ -8,7 +8,8 @@ evaluation and judge of this package checks for that collapse with the functions
 :func:`non_answer_reason` names why an answer is not an answer, or returns None:
 
 * ``empty`` - fewer than :data:`MIN_WORDS` words;
-* ``loop`` - a sentence said twice, or a word 4-gram said three times (a repetition loop);
+* ``loop`` - a sentence said three times, repeats making up 30 % of the sentences, or under 60 % of
+  the word 4-grams distinct (a repetition loop);
 * ``filler`` - with the apology/filler sentences removed (:data:`FILLER_PATTERNS`), fewer
   than :data:`MIN_CONTENT_WORDS` content words are left;
 * ``off_topic`` - the request has at least :data:`MIN_REQUEST_WORDS` content words and the
@@ -31,6 +32,8 @@ from typing import Sequence
 MIN_WORDS = 3
 MIN_CONTENT_WORDS = 4
 MIN_REQUEST_WORDS = 3
+MIN_DISTINCT_4GRAMS = 0.6
+MAX_REPEATED_SENTENCES = 0.3
 
 # phrases a collapsed chat model produces whatever it was asked (apologies, offers, empty affirmations)
 FILLER_PATTERNS = (
@@ -91,19 +94,24 @@ def strip_filler(text: str) -> str:
 
 
 def is_loop(text: str) -> bool:
-    """A sentence said twice (5+ words), or a word 4-gram said three times."""
+    """A repetition loop: a sentence of 5+ words said three times, or repeated sentences making up
+    :data:`MAX_REPEATED_SENTENCES` or more of the sentences, or (20+ words) fewer than
+    :data:`MIN_DISTINCT_4GRAMS` of the word 4-grams distinct - the text goes round in circles. A small
+    model's habit of reusing a phrase, or one sentence said twice in a long answer, is not a loop."""
     sentences = [" ".join(s.lower().split()) for s in _SENTENCE.findall(text)]
     sentences = [s.strip(" .!?") for s in sentences if len(s.split()) >= 5]
-    if len(sentences) != len(set(sentences)):
-        return True
-    words = [w.lower() for w in _WORD.findall(text)]
-    grams: dict[tuple[str, ...], int] = {}
-    for i in range(len(words) - 3):
-        g = tuple(words[i : i + 4])
-        grams[g] = grams.get(g, 0) + 1
-        if grams[g] >= 3:
+    if sentences:
+        counts: dict[str, int] = {}
+        for s in sentences:
+            counts[s] = counts.get(s, 0) + 1
+        repeats = len(sentences) - len(counts)
+        if max(counts.values()) >= 3 or repeats / len(sentences) >= MAX_REPEATED_SENTENCES:
             return True
-    return False
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < 20:
+        return False
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    return len(set(grams)) / len(grams) < MIN_DISTINCT_4GRAMS
 
 
 def non_answer_reason(request: str, answer: str) -> str | None:
