@@ -25,9 +25,13 @@ def test_always_a_judge_gives_only_ties():
 
 def test_rule_judge_exact_win_rate_and_binomial_se():
     judge = RuleJudge("no_emojis")
-    candidate = ["clean answer"] * 6 + ["emoji 🎉"] * 2 + ["same"] * 2
-    baseline = ["emoji 🎉"] * 6 + ["clean answer"] * 2 + ["same"] * 2
-    outcomes = judge_both_orders(judge, ["p"] * 10, candidate, baseline)
+    # real answers (the judge lets a non-answer lose first; see tests/test_degeneracy.py)
+    clean = "Water the garden plants early in the morning, at the roots, until the soil is damp."
+    emoji = clean + " 🎉"
+    same = "Garden plants want water at their roots in the cool morning hours, about twice a week."
+    candidate = [clean] * 6 + [emoji] * 2 + [same] * 2
+    baseline = [emoji] * 6 + [clean] * 2 + [same] * 2
+    outcomes = judge_both_orders(judge, ["How should I water my garden plants?"] * 10, candidate, baseline)
     assert outcomes == ["win"] * 6 + ["loss"] * 2 + ["tie"] * 2
     s = win_rate_summary(outcomes)
     assert (s["wins"], s["losses"], s["ties"], s["unparsed"]) == (6, 2, 2, 0)
@@ -107,6 +111,21 @@ def test_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
         assert (run / "eval" / name).is_file()
     assert main(args[:-2] + ["--ckpts", "7"]) == 2
     assert "no checkpoint for step(s) [7]" in capsys.readouterr().err
+    # ties and n first, a warning under 20 decisive pairs, one verdict line per checkpoint
+    assert "verdict: too few prompts - checkpoint-2 vs tiny-random on n=4 prompts" in out
+    assert "warning: fewer than 20 decisive pairs" in out
+    header = next(line for line in out.splitlines() if "95% Wilson" in line)
+    assert header.split()[1:5] == ["n", "T", "W", "L"]
+
+    # the run's own settings: baseline (its starting model), persona, answer length from its saved config
+    assert main(["eval", "checkpoints", "--run_dir", str(run), "--data_path", str(prompts), "--ckpts", "2",
+                 "--eval_n", "4", "--output_dir", str(tmp_path / "eval-run-settings")]) == 0
+    out = capsys.readouterr().out
+    assert "baseline=tiny-random (run)" in out and "style=no_emojis (run)" in out and "max_new_tokens=4 (run)" in out
+    assert "sdpo_online_config.json" in out and "vs tiny-random" in out
+    assert main(["eval", "checkpoints", "--run_dir", str(run), "--data_path", str(prompts), "--ckpts", "2",
+                 "--eval_n", "4", "--style", "exclamation", "--output_dir", str(tmp_path / "eval-other")]) == 0
+    assert "warning: --style exclamation differs from the run's style=no_emojis" in capsys.readouterr().out
 
     # the same evaluation with the generations shared by 2 processes (accelerate, gloo)
     import json
@@ -163,7 +182,8 @@ def test_api_judges_through_a_fake_server(monkeypatch, api):
         outcomes = judge_both_orders(judge, ["p"] * 4, ["x"] * 4, ["y"] * 4)
     assert outcomes == ["tie"] * 4  # "A" in both orders: position bias cancels to ties
     assert server.requests == 8 + 1
-    assert "Judge style only" in server.bodies[0]["messages"][0]["content"]
+    assert "judge style only" in server.bodies[0]["messages"][0]["content"]
+    assert "addresses the request" in server.bodies[0]["messages"][0]["content"]
 
 
 # --- win-rate intervals and the win-rate figure (issue 19, item 3) ---
@@ -255,7 +275,9 @@ def test_plot_oracle_at_100_percent_is_inside_the_frame_and_small_n_shows_its_in
     oracle = [line for line in ax.get_lines() if "oracle" in line.get_label()]
     assert len(oracle) == 1 and set(oracle[0].get_ydata()) == {100.0} and oracle[0].get_marker() == "D"
     texts = _texts(fig)
-    assert "n=2" in texts and "n=4" in texts and any("100% (n=4)" in t for t in texts)
+    # the ties stay visible next to each rate
+    assert "2W/0L/6T (n=2)" in texts and "3W/1L/0T (n=4)" in texts
+    assert any("100% (4W/0L/4T (n=4))" in t for t in texts)
     assert "8 prompts" in ax.get_title()
     # the error bar of 2 of 2 wins reaches far below 100 %: the Wilson interval, not a binomial SE of 0
     bars = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == 2]

@@ -1,7 +1,13 @@
 """``sdpo eval checkpoints``: win rate of each checkpoint against a baseline, judged pairwise.
 
-    sdpo eval checkpoints --run_dir runs/demo --data_path data/demo/tldr/validation.jsonl \\
-        --baseline smollm2-135m --judge rule --style concise_casual_beginner
+    sdpo eval checkpoints --run_dir runs/demo --data_path data/demo/tldr/validation.jsonl
+
+The run's own settings (its starting model as the baseline, persona, system prompt, answer
+length) are read from the config it saved (``sdpo_online_config.json`` / ``sdpo_config.json``)
+unless given here; the command says which it used and warns where a flag differs from
+training. Defaults are safe on a CPU: the rule judge, and the embedded model where the run
+names no model. The table shows n and the ties first; every rate comes with the number of
+decisive pairs, a warning under 20, and one verdict line per checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ class EvalArguments:
     run_dir: str = field(default="", metadata={"help": "training run directory with checkpoint-<step>/"})
     data_path: str = field(default="", metadata={"help": "held-out prompts JSONL"})
     ckpts: str = field(default="3 6 9 12 15", metadata={"help": "steps to evaluate ('all' = every checkpoint)"})
-    baseline: str = field(default="Qwen/Qwen3-8B", metadata={"help": "model every checkpoint is compared with"})
-    judge: str = field(default="local", metadata={"help": "rule, local, claude or openai"})
-    judge_model: str | None = field(default=None, metadata={"help": "local: model; API: model name"})
+    baseline: str | None = field(
+        default=None, metadata={"help": "model every checkpoint is compared with; default the run's starting model "
+                                        "(its saved config), else the embedded smollm2-135m"})
+    judge: str = field(default="rule", metadata={"help": "rule (no model; a non-answer loses, then the persona's "
+                                                         "rules), local, claude or openai"})
+    judge_model: str | None = field(default=None, metadata={"help": "local: model (default smollm2-135m); API: "
+                                                                    "model name"})
     judge_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai)"})
     judge_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
     judge_max_retries: int = field(
@@ -29,26 +39,62 @@ class EvalArguments:
     judge_timeout: float = field(default=60.0, metadata={"help": "API: seconds per try"})
     judge_retry_backoff: float = field(
         default=0.5, metadata={"help": "API: first wait before a retry, in seconds (doubles per retry, at most 8)"})
-    style: str = field(default="concise_casual_beginner", metadata={"help": "the user persona to judge for"})
+    style: str | None = field(default=None, metadata={"help": "the user persona to judge for; default the run's "
+                                                                 "(else concise_casual_beginner)"})
     eval_n: int = field(default=256, metadata={"help": "held-out prompts"})
     seed: int = field(default=0, metadata={"help": "prompt selection seed"})
-    max_new_tokens: int = field(default=256, metadata={"help": "answer length limit"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "answer length limit; default the run's "
+                                                                       "max_new_tokens (else 256)"})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "context limit (oldest turns, then the start of "
                                                                    "the request are cut)"})
     system_prompt: str | None = field(
-        default="general", metadata={"help": "system prompt of every answer: a preset (tldr: the TL;DR task's, with the "
+        default=None, metadata={"help": "system prompt of every answer: a preset (tldr: the TL;DR task's, with the "
                                         "prompts' 'TL;DR:' cue stripped, as in training; general: empty) or text; "
-                                        "must match training"})
+                                        "default the run's (else general)"})
     oracle: bool = field(default=False, metadata={"help": "add the baseline with the persona in its system prompt"})
     output_dir: str | None = field(default=None, metadata={"help": "default <run_dir>/eval"})
 
 
-EvalArguments.NUMBER_RULES = {'judge_concurrency': '>=1', 'judge_max_retries': '>=0', 'judge_timeout': '>0', 'judge_retry_backoff': '>=0', 'eval_n': '>=1', 'max_new_tokens': '>=1', 'max_prompt_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
+EvalArguments.NUMBER_RULES = {'judge_concurrency': '>=1', 'judge_max_retries': '>=0', 'judge_timeout': '>0', 'judge_retry_backoff': '>=0', 'eval_n': '>=1', 'max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
 EvalArguments.OUTPUT_DIRS = ('output_dir',)
 
 
 ARGUMENTS = EvalArguments
 POSITIONAL = "what"
+
+
+RUN_CONFIGS = ("sdpo_online_config.json", "sdpo_config.json")
+# option of eval -> (key in the run's saved config, fallback when the run says nothing)
+RUN_SETTINGS = {"baseline": ("model_name_or_path", "smollm2-135m"), "style": ("style", "concise_casual_beginner"),
+                "system_prompt": ("system_prompt", "general"), "max_new_tokens": ("max_new_tokens", 256)}
+
+
+def resolve_run_settings(args: EvalArguments, explicit: set[str] | None = None) -> list[str]:
+    """Fill unset options from the run's saved config (then the fallbacks); returns the lines that say
+    what was used, with a warning for every option given that differs from the run's."""
+    import json
+
+    saved, source = {}, None
+    for name in RUN_CONFIGS:
+        path = Path(args.run_dir) / name
+        if path.is_file():
+            try:
+                saved, source = json.loads(path.read_text(encoding="utf-8")), path
+            except ValueError as err:
+                raise UsageError(f"{path}: not valid JSON ({err}); pass the settings as flags") from None
+            break
+    lines, used = [], []
+    for option, (key, fallback) in RUN_SETTINGS.items():
+        value, run_value = getattr(args, option), saved.get(key)
+        if value is None:
+            value = run_value if run_value is not None else fallback
+            setattr(args, option, value)
+            used.append(f"{option}={value}" + (" (run)" if run_value is not None else " (default)"))
+        elif run_value is not None and value != run_value:
+            lines.append(f"warning: --{option} {value} differs from the run's {key}={run_value} ({source})")
+    lines.insert(0, "eval settings: " + ", ".join(used) + (f" - from {source}" if source else
+                                                          " - no saved run config found"))
+    return lines
 
 
 def _judge(args: EvalArguments):
@@ -60,7 +106,7 @@ def _judge(args: EvalArguments):
         from sdpo.models import ModelLoadError
 
         try:
-            return pairwise.LocalJudge(args.style, model=args.judge_model or "Qwen/Qwen3-8B")
+            return pairwise.LocalJudge(args.style, model=args.judge_model or "smollm2-135m")
         except ModelLoadError as err:  # --baseline may name the same model: say which option failed
             raise ModelLoadError(f"--judge_model: {err}") from None
     if args.judge in ("claude", "openai"):
@@ -84,7 +130,8 @@ def run(args: EvalArguments) -> int:
         raise UsageError(f"unknown evaluation {args.what!r}; available: checkpoints")
     if not args.run_dir or not args.data_path:
         raise UsageError("--run_dir and --data_path are required")
-    persona_description(args.style)
+    settings = resolve_run_settings(args) if Path(args.run_dir).is_dir() else []
+    persona_description(args.style or "concise_casual_beginner")
     if args.judge_concurrency < 1 or args.judge_max_retries < 0:
         raise UsageError("--judge_concurrency must be >= 1 and --judge_max_retries >= 0")
     if not args.judge_timeout > 0 or args.judge_retry_backoff < 0:
@@ -102,8 +149,10 @@ def run(args: EvalArguments) -> int:
               + (" and the oracle" if args.oracle else "") + f" vs {args.baseline} on {len(prompts)} prompts; "
               f"{args.judge} judge" + (f" {args.judge_model}" if args.judge_model else "") + f"; output {out}",
               flush=True)
+        for line in settings:
+            print(line, flush=True)
         if args.judge == "local":
-            print(f"loading the judge model {args.judge_model or 'Qwen/Qwen3-8B'} (--judge_model)", flush=True)
+            print(f"loading the judge model {args.judge_model or 'smollm2-135m'} (--judge_model)", flush=True)
     judge = _judge(args) if state.is_main_process else None  # API keys are checked here, before generation
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
@@ -121,14 +170,29 @@ def run(args: EvalArguments) -> int:
         return "-" if x != x else f"{100 * x:.1f}"  # NaN: no decisive pair
 
     print(f"win rate vs {args.baseline}, {args.judge} judge, style {args.style}, {len(prompts)} prompts, both orders")
-    print(f"{'model':34s} {'win%':>6s} {'95% Wilson':>11s} {'±binom':>7s} {'±boot':>7s} {'n':>4s} {'W':>4s} "
-          f"{'L':>4s} {'T':>4s} {'unp':>4s} {'fail':>4s} {'cov':>5s}")
+    print(f"{'model':34s} {'n':>4s} {'T':>4s} {'W':>4s} {'L':>4s} {'dec':>4s} {'win% of dec':>12s} {'95% Wilson':>11s} "
+          f"{'±boot':>6s} {'unp':>4s} {'fail':>4s} {'non-ans':>8s}")
+    from sdpo.judges.stats import MIN_VERDICT_N, format_verdict, verdict
+
+    few = []
     for r in rows:
         ci = "-" if r["decisive"] == 0 else f"{pct(r['wilson95_low'])}-{pct(r['wilson95_high'])}"
-        print(f"{r['name'][:34]:34s} {pct(r['win_rate']):>6s} {ci:>11s} {pct(r['se_binomial']):>7s} "
-              f"{pct(r['se_bootstrap']):>7s} {r['decisive']:4d} {r['wins']:4d} {r['losses']:4d} {r['ties']:4d} "
-              f"{r['unparsed']:4d} {r['failed']:4d} {r['coverage']:5.2f}")
-    print("n: decisive pairs (wins + losses); the rate and its interval come from them alone")
+        rate = "-" if r["decisive"] == 0 else f"{pct(r['win_rate'])} (n={r['decisive']})"
+        nonans = f"{pct(r.get('nonanswer_rate', float('nan')))}%"
+        print(f"{r['name'][:34]:34s} {r['n']:4d} {r['ties']:4d} {r['wins']:4d} {r['losses']:4d} {r['decisive']:4d} "
+              f"{rate:>12s} {ci:>11s} {pct(r['se_bootstrap']):>6s} {r['unparsed']:4d} {r['failed']:4d} {nonans:>8s}")
+        if r["decisive"] < MIN_VERDICT_N:
+            few.append(r["name"])
+    print(f"n: prompts; T/W/L: ties, wins, losses; dec: decisive pairs (W + L), the only pairs the rate and its "
+          f"interval come from; non-ans: answers that are no answers (baseline: "
+          f"{pct(rows[0].get('baseline_nonanswer_rate', float('nan'))) if rows else '-'}%)")
+    if few:
+        print(f"warning: fewer than {MIN_VERDICT_N} decisive pairs for {', '.join(few)}: the rate means little; "
+              "evaluate more prompts (--eval_n)")
+    for r in rows:
+        v = verdict(r["wins"], r["losses"], r["ties"], degenerate_before=r.get("baseline_nonanswer_rate"),
+                    degenerate_after=r.get("nonanswer_rate"))
+        print(format_verdict(v, what=f"{r['name']} vs {args.baseline}"))
     st = judge.stats
     print(f"judge: {st.requests} requests, {st.cached} from the cache, {st.retries} retries, {st.failed} failed, "
           f"{st.unparsed} unparsed")

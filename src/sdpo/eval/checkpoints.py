@@ -188,7 +188,11 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
                 outcomes += judge_both_orders(judge, texts[part], candidate[part], base[part])
                 bar.update(len(outcomes) - bar.n)
         step = int(name.split("-")[1]) if name.startswith("checkpoint-") else None
-        rows.append({"name": name, "step": step, "model": model_id, **win_rate_summary(outcomes)})
+        from sdpo.degeneracy import degeneracy_rate
+
+        rows.append({"name": name, "step": step, "model": model_id, **win_rate_summary(outcomes),
+                     "nonanswer_rate": degeneracy_rate(texts, candidate),
+                     "baseline_nonanswer_rate": degeneracy_rate(texts, base)})
     return rows if main else None
 
 
@@ -211,7 +215,9 @@ def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
 
 
 def _n_label(r: dict) -> str:
-    return f"n={r['decisive']}" if r.get("decisive") is not None else f"n={r['wins'] + r['losses']}"
+    """``W/L/T`` with the number of decisive pairs: the ties stay visible next to every rate."""
+    n = r["decisive"] if r.get("decisive") is not None else r["wins"] + r["losses"]
+    return f"{r['wins']}W/{r['losses']}L/{r.get('ties', 0)}T (n={n})"
 
 
 def plot_winrates(rows: list[dict], meta: dict):
@@ -243,7 +249,8 @@ def plot_winrates(rows: list[dict], meta: dict):
                         color="tab:blue")
     for r in ckpts:
         if not defined(r):  # every pair tied (or failed): no rate to draw
-            ax.text(r["step"], -2.5, "n=0", ha="center", va="center", fontsize=7, color="grey")
+            ax.text(r["step"], -2.5, f"n=0 ({r.get('ties', 0)} ties)", ha="center", va="center", fontsize=7,
+                    color="grey")
     for r in others:
         if not defined(r):
             continue
