@@ -24,6 +24,7 @@ def _run(script, tmp_path, *extra):
 @pytest.mark.parametrize("script, extra", [
     ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8"]),
     ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8", "--method", "routing"]),
+    ("basic_sdpo.py", ["--eval-size", "6", "--train-size", "8", "--method", "grpo"]),
     pytest.param("sdpo_rich_feedback.py", ["--eval-size", "4", "--max-completion-length", "24"],
                  marks=pytest.mark.system_package("bubblewrap")),  # code checked in the sandbox
 ])
@@ -37,6 +38,14 @@ def test_example_runs_two_steps_and_reports(script, extra, tmp_path):
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == summary["eval_size"]
     assert "held-out score:" in proc.stdout
+    # a quiet terminal (issue 26 item 3): our progress lines, no metric dicts, diagnostics counted once
+    log = proc.stdout + proc.stderr
+    assert "{'loss'" not in log and "[RANK 0]" not in log and "FutureWarning" not in log, log[-3000:]
+    assert "training: 2/2 steps" in proc.stderr and "loss=" in proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    if "grpo" in extra:
+        assert "SDPO" not in proc.stderr
 
 
 def test_unsloth_example_explains_why_it_cannot_run(tmp_path):

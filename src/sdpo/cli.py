@@ -571,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _cached_help(name, rest):
         raise SystemExit(0)  # as argparse does after printing a help
     from sdpo import threads
-    from sdpo.progress import main_process, quiet_logs
+    from sdpo.progress import main_process, quiet_logs, set_command_line
+
+    set_command_line(True)  # sdpo.progress.note: lines such as "loading model ..." for the person at the terminal
 
     try:
         threads_flag, rest = threads.take_flag(rest)
@@ -597,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if notice is not None:
             notice.cancel()
+        set_command_line(False)
 
 
 def _run_command(name: str, rest: list[str], parsed: Callable[[], None]) -> int:

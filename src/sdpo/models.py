@@ -361,6 +361,9 @@ def load_model(
     """
     from transformers.utils import logging as hf_logging
 
+    from sdpo.progress import note
+
+    note(f"loading model {name_or_path} ...")  # a line for the user of the sdpo command (a large model takes a while)
     # Local loads take a second; the per-tensor progress bar is noise there.
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

@@ -304,6 +304,7 @@ def quiet_logs() -> None:
     import warnings
 
     quiet_library_output()
+    filter_library_warnings()
     ours = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the sdpo package
     library_format = warnings.formatwarning
 
@@ -326,3 +327,167 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers.utils.logging" in sys.modules:  # otherwise TRANSFORMERS_VERBOSITY applies at its import
         sys.modules["transformers.utils.logging"].set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------------- sign of life
+_COMMAND_LINE = {"on": False}
+
+
+def set_command_line(on: bool = True) -> None:
+    """The ``sdpo`` command turns on :func:`note` (a library user's program gets no such lines)."""
+    _COMMAND_LINE["on"] = bool(on)
+
+
+def note(message: str) -> None:
+    """One line on stderr for the person at the terminal of an ``sdpo`` command (rank 0 only): what is
+    happening during a silent stretch, such as loading a model. Nothing when sdpo is used as a library."""
+    if _COMMAND_LINE["on"] and main_process() and mode() != "off":
+        print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- warnings that repeat
+class WarningTally:
+    """A warning that can come at every step is printed the first time, then counted; :meth:`summary`
+    gives one line per warning that came again, with its count (printed once at the end of a run)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.counts: dict[str, int] = {}
+        self.messages: dict[str, str] = {}
+
+    def warn(self, key: str, message: str, *, show_first: bool = True) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.messages.setdefault(key, message)
+        if self.counts[key] == 1 and show_first and main_process():
+            print(f"warning: {message}", file=self.stream or sys.stderr, flush=True)
+
+    def summary(self, steps: int | None = None) -> list[str]:
+        out = []
+        for key, n in self.counts.items():
+            of = f" of {steps}" if steps else ""
+            out.append(f"warning ({n}{of} step{'s' if (steps or n) != 1 else ''}): {self.messages[key]}")
+        return out
+
+    def print_summary(self, steps: int | None = None) -> None:
+        if main_process():
+            for line in self.summary(steps):
+                print(line, file=self.stream or sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ library warnings
+# (message regex, category name): warnings about library internals that a user of sdpo cannot act on
+LIBRARY_WARNINGS = (
+    # TRL 1.16 calls transformers' deprecated gradient-checkpointing names (its code, not the user's)
+    (r"`(is_)?gradient_checkpointing", "FutureWarning"),
+    # the Trainer's DataLoader asks for pinned memory on a machine without a GPU (nothing to pin to)
+    (r"'pin_memory' argument is set as true but no accelerator is found", "UserWarning"),
+    # TRL's experimental namespace announces itself once per import
+    (r".*trl\.experimental.*(may change|experimental)", "UserWarning"),
+)
+
+
+def filter_library_warnings() -> None:
+    """Hide :data:`LIBRARY_WARNINGS` (idempotent; imports nothing heavy)."""
+    import builtins
+    import warnings
+
+    for pattern, category in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=getattr(builtins, category))
+
+
+# ------------------------------------------------------------------- Hugging Face Trainer output
+# metrics shown on the progress line (the first present of each group), in this order
+PROGRESS_KEYS = (
+    ("loss", ("loss",)),
+    ("reward", ("self_distillation/reward_mean", "reward", "rewards/mean")),
+    ("grad", ("grad_norm",)),
+    ("reprompt", ("self_distillation/reprompt_sample_fraction",)),
+)
+
+
+def _short(value) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{v:.3g}" if v == 0 or 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"
+
+
+def progress_postfix(logs: dict) -> str:
+    """The few metrics of a log line worth a glance: ``loss=0.0152 reward=0.125 grad=0.422``."""
+    parts = []
+    for label, keys in PROGRESS_KEYS:
+        for key in keys:
+            if key in logs:
+                parts.append(f"{label}={_short(logs[key])}")
+                break
+    return " ".join(parts)
+
+
+def trainer_progress_callback(metrics_file: str | os.PathLike | None = None):
+    """A ``transformers.TrainerCallback``: one progress line (a tqdm bar in a terminal, a line every 10 % or
+    minute in a log file) with a few metrics, instead of the Trainer's dict of every metric at every
+    logging step; every log row goes to ``metrics_file`` (JSON lines) when given. Main process only."""
+    import json
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+            self.metrics_file = Path(metrics_file) if metrics_file else None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            if self.metrics_file is not None:
+                self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+                if state.global_step == 0:
+                    self.metrics_file.write_text("")
+                elif self.metrics_file.is_file():  # resumed: the rows after the checkpoint are logged again
+                    from sdpo.rundir import truncate_metrics
+
+                    truncate_metrics(self.metrics_file, state.global_step)
+            self.bar = progress_bar(total=state.max_steps or None, initial=state.global_step, desc="training",
+                                    unit="step", dynamic_ncols=True)
+
+        # a step's line is drawn when its metrics are logged (the Trainer logs after on_step_end), or when the
+        # next step begins for a step that logged nothing
+        def _catch_up(self, state):
+            if self.bar is not None and state.global_step > self.bar.n:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._catch_up(state)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if self.metrics_file is not None:
+                row = {"step": state.global_step, **{k: v for k, v in logs.items()}}
+                with open(self.metrics_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
+            postfix = progress_postfix(logs)
+            if self.bar is not None and postfix:
+                self.bar.set_postfix_str(postfix)
+            self._catch_up(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self._catch_up(state)
+                self.bar.close()
+                self.bar = None
+
+    return StepProgress()
+
+
+def quiet_trainer(trainer, metrics_file: str | os.PathLike | None = None) -> None:
+    """Replace a Hugging Face ``Trainer``'s printed metric dicts (its ``ProgressCallback`` in a terminal,
+    ``PrinterCallback`` in a log file) by :func:`trainer_progress_callback` (metrics to ``metrics_file``;
+    trackers and ``trainer.state.log_history`` are unchanged)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(trainer_progress_callback(metrics_file))

@@ -179,8 +179,8 @@ def example_parser(task: str, description: str, **defaults) -> argparse.Argument
 
 def greedy_answers(model, tokenizer, rows, *, max_new_tokens: int, batch_size: int = 16, desc: str = "eval"):
     import torch
-    from tqdm.auto import tqdm
 
+    from .progress import progress_bar
     from .trainers.online import generate
 
     device = next(model.parameters()).device
@@ -189,7 +189,7 @@ def greedy_answers(model, tokenizer, rows, *, max_new_tokens: int, batch_size: i
     texts = []
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+            for start in progress_bar(range(0, len(rows), batch_size), desc=desc, leave=False, unit="batch"):
                 batch = rows[start : start + batch_size]
                 contexts = [
                     list(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
@@ -211,6 +211,16 @@ def score_answers(task: ExampleTask, rows, answers) -> list[dict]:
 
 def run_example(task_name: str, args: argparse.Namespace) -> dict:
     """Evaluate, train with SDPO, evaluate again; returns (and writes) a summary."""
+    import sys
+
+    from . import threads
+    from .progress import filter_library_warnings, quiet_library_output
+
+    choice = threads.configure()  # before torch loads, as the sdpo command does (see sdpo.threads)
+    if choice.source != "the calling program":
+        print(choice.line(), file=sys.stderr, flush=True)
+    quiet_library_output()
+    filter_library_warnings()
     from datasets import Dataset
     from trl import GRPOConfig
 

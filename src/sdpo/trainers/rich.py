@@ -645,6 +645,16 @@ class SDPOTrainer(TRLSDPOTrainer):
         self.nonfinite_steps = 0
         self._step_skipped = False
         self._guard_ema_callbacks()
+        from pathlib import Path
+
+        from sdpo.progress import WarningTally, filter_library_warnings, quiet_trainer
+
+        filter_library_warnings()
+        # one progress line with a few metrics instead of TRL's dict of ~30 metrics per step; every logged row
+        # goes to <output_dir>/metrics.jsonl (and to the trackers, as before). To print the dicts again:
+        # trainer.add_callback(transformers.PrinterCallback)
+        quiet_trainer(self, Path(self.args.output_dir) / "metrics.jsonl" if self.args.output_dir else None)
+        self.warning_tally = WarningTally()  # TRL's per-step diagnostics: once, then counted (see train)
         from sdpo.distributed import consolidate_zero3_saves
 
         consolidate_zero3_saves(self.accelerator)  # saved models load with from_pretrained under ZeRO-3 too
@@ -665,6 +675,37 @@ class SDPOTrainer(TRLSDPOTrainer):
                                "unchanged; %d such steps so far)", value, self.state.global_step + 1,
                                self.nonfinite_steps)
         return norm
+
+    # TRL's per-step diagnostics, in words that hold for this trainer (a routed or feedback-only step still
+    # learns; with SDPO off, the run is GRPO): printed the first time, counted, summed up after training
+    _DIAGNOSTICS = {
+        "flat_rewards": "every rollout of every group scored the same: no group-relative (GRPO) signal at such a "
+                        "step; SDPO's teacher still learns from the feedback where there is some",
+        "no_successful_rollouts": "no successful rollout in any group: the teachers had the feedback text only, no "
+                                  "peer demonstration",
+        "inactive_self_distillation": "no teacher context (no successful peer and no feedback): nothing to distil "
+                                      "at such a step",
+    }
+    _GRPO_DIAGNOSTICS = {
+        "flat_rewards": "every rollout of every group scored the same: GRPO's advantages were zero at such a step",
+    }
+
+    def _warn_on_degenerate_diagnostics(self, mode: str, counter_key: str, message: str) -> None:
+        if self.args.diagnostics_warning_interval == 0:
+            return
+        self._diagnostic_counters[mode][counter_key] += 1
+        if not self.sdpo_config.enabled:  # plain GRPO: nothing about SDPO applies
+            if counter_key in self._GRPO_DIAGNOSTICS:
+                self.warning_tally.warn(f"grpo/{counter_key}", self._GRPO_DIAGNOSTICS[counter_key], show_first=False)
+            return
+        self.warning_tally.warn(counter_key, self._DIAGNOSTICS.get(counter_key, message))
+
+    def train(self, *args, **kwargs):
+        """``Trainer.train``; afterwards one line per repeated diagnostic, with the number of steps it held."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.warning_tally.print_summary(steps=self.state.global_step)
 
     def _guard_ema_callbacks(self) -> None:
         """The EMA teacher's callbacks (TRL's) skip the update after a skipped step."""
