@@ -55,7 +55,7 @@ class EvalArguments:
     output_dir: str | None = field(default=None, metadata={"help": "default <run_dir>/eval"})
 
 
-EvalArguments.NUMBER_RULES = {'judge_concurrency': '>=1', 'judge_max_retries': '>=0', 'judge_timeout': '>0', 'judge_retry_backoff': '>=0', 'eval_n': '>=1', 'max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
+EvalArguments.NUMBER_RULES = {'judge_concurrency': '>=1', 'judge_max_retries': '>=0', 'judge_timeout': '>0', 'judge_retry_backoff': '>=0', 'eval_n': '>=1', 'seed': '>=0', 'max_new_tokens': '>=1|None', 'max_prompt_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
 EvalArguments.OUTPUT_DIRS = ('output_dir',)
 
 
@@ -118,7 +118,9 @@ def _judge(args: EvalArguments):
                       retry_backoff=args.judge_retry_backoff)
         if args.judge_model:
             kwargs["model"] = args.judge_model
-        return pairwise.APIJudge(args.style, client=cls(args.style, **kwargs))
+        client = cls(args.style, **kwargs)
+        client.outage_hint = "when it answers again, run the same command (the answered pairs are cached)"
+        return pairwise.APIJudge(args.style, client=client)
     raise UsageError(f"--judge must be rule, local, claude or openai, not {args.judge!r}")
 
 
