@@ -15,7 +15,7 @@ from sdpo.degeneracy import (
     non_answer_reason,
     positive_advantage_share,
 )
-from sdpo.judges.pairwise import JUDGE_INSTRUCTIONS, RuleJudge, judge_both_orders
+from sdpo.judges.pairwise import RuleJudge, judge_both_orders
 from sdpo.judges.stats import format_verdict, sign_test_p, verdict
 from sdpo.losses import advantage_pg_loss
 
@@ -91,8 +91,13 @@ def test_rule_judge_still_judges_style_between_answers():
 
 
 def test_model_judges_are_told_a_non_answer_loses():
-    text = JUDGE_INSTRUCTIONS.lower()
+    text = RuleJudge("concise_casual_beginner").prompt_for(REQUEST, "a", "b").lower()
     assert "addresses the request" in text and "loses" in text and "apology" in text
+    # the reference's style-only judge on request (docs/FIDELITY.md), the rule judge too
+    reference = RuleJudge("concise_casual_beginner", answer_check=False)
+    assert "addresses the request" not in reference.prompt_for(REQUEST, "a", "b")
+    assert "{" not in reference.prompt_for(REQUEST, "a", "b") and "judge style only" in text
+    assert judge_both_orders(reference, [REQUEST], [COLLAPSED[0]], [LONG_ANSWER]) == ["win"]  # what it missed
 
 
 def test_sign_test_against_a_direct_binomial():

@@ -182,7 +182,7 @@ def test_api_judges_through_a_fake_server(monkeypatch, api):
         outcomes = judge_both_orders(judge, ["p"] * 4, ["x"] * 4, ["y"] * 4)
     assert outcomes == ["tie"] * 4  # "A" in both orders: position bias cancels to ties
     assert server.requests == 8 + 1
-    assert "judge style only" in server.bodies[0]["messages"][0]["content"]
+    assert "judge style only" in server.bodies[0]["messages"][0]["content"].lower()
     assert "addresses the request" in server.bodies[0]["messages"][0]["content"]
 
 

@@ -29,6 +29,10 @@ class EvalArguments:
                                         "(its saved config), else the embedded smollm2-135m"})
     judge: str = field(default="rule", metadata={"help": "rule (no model; a non-answer loses, then the persona's "
                                                          "rules), local, claude or openai"})
+    judge_answer_check: bool = field(
+        default=True, metadata={"help": "ours: a non-answer (apology/filler, loop, empty, off topic) loses before style "
+                                        "is compared (rule judge: sdpo.degeneracy; model judges: told so); false = "
+                                        "the reference's style-only judge"})
     judge_model: str | None = field(default=None, metadata={"help": "local: model (default smollm2-135m); API: "
                                                                     "model name"})
     judge_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai)"})
@@ -101,12 +105,13 @@ def _judge(args: EvalArguments):
     from sdpo.judges import pairwise
 
     if args.judge == "rule":
-        return pairwise.RuleJudge(args.style)
+        return pairwise.RuleJudge(args.style, answer_check=args.judge_answer_check)
     if args.judge == "local":
         from sdpo.models import ModelLoadError
 
         try:
-            return pairwise.LocalJudge(args.style, model=args.judge_model or "smollm2-135m")
+            return pairwise.LocalJudge(args.style, model=args.judge_model or "smollm2-135m",
+                                       answer_check=args.judge_answer_check)
         except ModelLoadError as err:  # --baseline may name the same model: say which option failed
             raise ModelLoadError(f"--judge_model: {err}") from None
     if args.judge in ("claude", "openai"):
@@ -120,7 +125,7 @@ def _judge(args: EvalArguments):
             kwargs["model"] = args.judge_model
         client = cls(args.style, **kwargs)
         client.outage_hint = "when it answers again, run the same command (the answered pairs are cached)"
-        return pairwise.APIJudge(args.style, client=client)
+        return pairwise.APIJudge(args.style, client=client, answer_check=args.judge_answer_check)
     raise UsageError(f"--judge must be rule, local, claude or openai, not {args.judge!r}")
 
 

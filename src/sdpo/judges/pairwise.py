@@ -33,10 +33,7 @@ JUDGE_INSTRUCTIONS = """You compare two answers an AI assistant could give to th
 of one particular user.
 What this user wants from answers: {persona}
 
-First check that each answer actually addresses the request. An answer that does not (an apology or filler with no \
-content, an empty reply, the same sentence repeated, or text unrelated to the request) loses to one that does, \
-whatever its style; if neither addresses the request, reply tie.
-When both address it, judge style only: tone, format, length and level of complexity. Do not judge factual accuracy.
+{answer_check}Judge style only: tone, format, length and level of complexity. Do not judge factual accuracy.
 
 <request>
 {prompt}
@@ -51,6 +48,11 @@ When both address it, judge style only: tone, format, length and level of comple
 </answer_B>
 
 Which answer would this user prefer? Reply with exactly one word: A, B, or tie."""
+
+ANSWER_CHECK = """First check that each answer actually addresses the request. An answer that does not (an apology or \
+filler with no content, an empty reply, the same sentence repeated, or text unrelated to the request) loses to one \
+that does, whatever its style; if neither addresses the request, reply tie. When both address it:
+"""
 
 _VERDICT = re.compile(r"\b(A|B|tie|TIE|Tie)\b")
 
@@ -120,6 +122,8 @@ class JudgeStats:
 @dataclass
 class Judge:
     style: str
+    # ours (docs/FIDELITY.md): a non-answer loses before style is compared; False = the reference's style-only judge
+    answer_check: bool = field(default=True, kw_only=True)
     unparsed: int = field(default=0, init=False)
     failed: int = field(default=0, init=False)
     stats: JudgeStats = field(default_factory=JudgeStats, init=False, repr=False)
@@ -130,7 +134,8 @@ class Judge:
         self.persona = persona_description(self.style)
 
     def prompt_for(self, prompt: str, a: str, b: str) -> str:
-        return JUDGE_INSTRUCTIONS.format(persona=self.persona, prompt=prompt, a=a, b=b)
+        return JUDGE_INSTRUCTIONS.format(persona=self.persona, prompt=prompt, a=a, b=b,
+                                         answer_check=ANSWER_CHECK if self.answer_check else "")
 
     @property
     def cache_id(self) -> str | None:
@@ -189,7 +194,7 @@ class RuleJudge(Judge):
 
         out = []
         for p, x, y in zip(prompts, a, b):
-            nx, ny = is_non_answer(p, x), is_non_answer(p, y)
+            nx, ny = (is_non_answer(p, x), is_non_answer(p, y)) if self.answer_check else (False, False)
             if nx or ny:
                 out.append("tie" if nx and ny else "B" if nx else "A")
                 continue
