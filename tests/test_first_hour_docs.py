@@ -94,7 +94,7 @@ def test_commands_run_and_write_what_the_readme_says(first_hour):
     assert sum(line.startswith("trackio: project sdpo, run online") for line in log.splitlines()) == 1
     progress = [line for line in log.splitlines() if line.startswith("online SDPO: ") and "/8 steps" in line]
     assert [line.split()[2] for line in progress] == [f"{k}/8" for k in range(1, 9)], log
-    assert all("loss=" in line and "persona=" in line for line in progress)
+    assert all("adv=" in line and "signal=" in line and "persona=" in line for line in progress)
 
 
 def test_python_block_runs_on_the_outputs(first_hour):
