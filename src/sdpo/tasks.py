@@ -153,8 +153,36 @@ def method_config(name: str, **overrides):
     return SDPOConfig(**settings, **overrides)
 
 
+class _ExampleParser(argparse.ArgumentParser):
+    """``--config FILE.yaml``: its keys (``max_steps`` or ``max-steps``) are defaults, flags given too win."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+        path = path or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if path:
+            import yaml
+
+            try:
+                data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as err:
+                self.error(f"--config {path}: {err}")
+            if not isinstance(data, dict):
+                self.error(f"--config {path}: expected a mapping of option names to values")
+            dests = {a.dest for a in self._actions}
+            data = {str(k).replace("-", "_"): v for k, v in data.items()}
+            unknown = sorted(set(data) - dests)
+            if unknown:
+                self.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+            self.set_defaults(**data)
+        return super().parse_known_args(argv, namespace)
+
+
 def example_parser(task: str, description: str, **defaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _ExampleParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of these options (e.g. configs/rich.yaml; flags win)")
     p.add_argument("--model", default="smollm2-135m", help="model id/path, 'smollm2-135m' (embedded) or 'tiny-random'")
     p.add_argument("--max-steps", type=int, default=defaults.get("max_steps", 20), help="optimizer steps")
     p.add_argument("--num-generations", type=int, default=4, help="rollouts per prompt")
@@ -289,6 +317,16 @@ def run_example(task_name: str, args: argparse.Namespace) -> dict:
         for r, a0, a1, s1 in changed[:3]:
             print(f"   {r['prompt'][-1]['content'][:70]!r}\n     before: {a0.strip()[:80]!r}\n     after:  {a1.strip()[:80]!r}")
         print(f"== all answers: {out_dir / 'answers.jsonl'}")
+        from .judges.stats import format_verdict, verdict
+
+        ok0, ok1 = [x["score"] >= 1.0 for x in before[2]], [x["score"] >= 1.0 for x in after[2]]
+        gained = sum(1 for a, b in zip(ok0, ok1) if not a and b)
+        lost = sum(1 for a, b in zip(ok0, ok1) if a and not b)
+        v = verdict(gained, lost, len(ok0) - gained - lost)
+        summary["verdict"] = {k: v[k] for k in ("verdict", "n", "wins", "losses", "ties", "p_sign")}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print("== " + format_verdict(v, what="trained vs initial, held-out problems solved (W: newly solved, "
+                                         "L: newly failed; exact McNemar)"))
     print(f"== summary: {out_dir / 'summary.json'}")
     return summary
 

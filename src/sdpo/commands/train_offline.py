@@ -22,7 +22,26 @@ def run(args: OfflineSDPOConfig) -> int:
 
     if not args.train_jsonl:
         raise UsageError("--train_jsonl is required (make one with `sdpo prepare wildfeedback|wildchat`)")
+    normalise_report_to(args)
     trainer = train_offline(args)
-    if trainer.is_world_process_zero():
+    if trainer.is_world_process_zero():  # beside sdpo_config.json: `--config` runs it again
+        from sdpo.run_config import save_resolved_config
+
+        save_resolved_config(args, args.output_dir, "sdpo_config.yaml")
         print(f"done: {trainer.state.global_step} steps; model and checkpoints in {args.output_dir}")
+        print("verdict: not measured - offline training has no held-out judge of its own; for one (a paired test "
+              f"against the starting model, with n and the non-answer rate): sdpo eval checkpoints --run_dir "
+              f"{args.output_dir} --ckpts all --data_path PROMPTS.jsonl --style PERSONA")
     return 0
+
+
+def normalise_report_to(args) -> None:
+    """``report_to`` as TRL takes it: ``none``, ``all``, a list or ``"trackio,tensorboard"`` (TrainingArguments
+    splits no commas); a missing tracker package is one error line before the model loads."""
+    from sdpo.cli import UsageError
+    from sdpo.trackers import TrackerError, parse_report_to
+
+    try:
+        args.report_to = parse_report_to(args.report_to)
+    except TrackerError as err:
+        raise UsageError(str(err)) from None

@@ -30,6 +30,10 @@ def run(args: OnlineSDPOConfig) -> int:
     # the directory is claimed before the model loads (the trainer claims it again, re-entrantly)
     with rundir.claim(args.output_dir, resume=args.resume_from_checkpoint, overwrite=args.overwrite_output_dir):
         trainer = OnlineSDPOTrainer(args)
+        if trainer.accelerator.is_main_process:  # beside sdpo_online_config.json: `--config` runs it again
+            from sdpo.run_config import save_resolved_config
+
+            save_resolved_config(args, args.output_dir, "sdpo_online_config.yaml")
         summary = trainer.train()
     acc = trainer.accelerator
     if acc.num_processes > 1:

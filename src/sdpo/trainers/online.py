@@ -174,8 +174,14 @@ class OnlineSDPOConfig:
             raise ValueError(f"template {self.template!r} is unknown; choose one of {', '.join(TEMPLATE_NAMES)}")
         if self.advantage_centering not in CENTERING:
             raise ValueError(f"advantage_centering must be one of {CENTERING}")
-        if self.report_to not in ("trackio", "wandb", "none"):
-            raise ValueError(f"report_to must be trackio, wandb or none, got {self.report_to!r}")
+        from sdpo.trackers import OWN_TRACKERS, parse_report_to, report_to_text
+
+        # TRL's forms (none, all, a list, "a,b"), normalised to one string; the loop's _start_tracker writes to
+        # one of trackio / wandb (sdpo.trackers.start_tracker writes to several and to tensorboard too)
+        self.report_to = report_to_text(parse_report_to(self.report_to, allowed=tuple(OWN_TRACKERS)))
+        if self.report_to not in ("trackio", "wandb", "none"):  # lift once _start_tracker calls start_tracker
+            raise ValueError(f"report_to={self.report_to}: train-online writes to one of trackio, wandb or none so "
+                             "far (TensorBoard and several trackers: sdpo train-offline)")
         if self.save_steps < 1:
             raise ValueError("save_steps must be >= 1")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_new_tokens",

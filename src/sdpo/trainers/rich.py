@@ -443,6 +443,10 @@ def to_trl_config(args, config: SDPOConfig):
         logger.warning("SDPOTrainer ignores these GRPOConfig options (not used by SDPO): %s", ", ".join(sorted(ignored)))
     # GRPOConfig.__post_init__ filled both; one determines the other.
     values.pop("generation_batch_size", None)
+    if "report_to" in values:  # TRL's forms, commas too ("trackio,tensorboard"), which TrainingArguments does not split
+        from sdpo.trackers import parse_report_to
+
+        values["report_to"] = parse_report_to(values["report_to"])
     values.update(
         distillation_weight=1.0 if config.enabled else 0.0,
         distillation_alpha=config.alpha if config.mode != "sampled_token" else 1.0,
