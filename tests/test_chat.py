@@ -126,6 +126,21 @@ def test_export_is_read_by_the_offline_loader(tmp_path, capsys):
     assert main(["chat", "export", "--run_dir", str(tmp_path / "none"), "--output", str(out)]) == 2
 
 
+def test_export_after_undoing_the_only_interaction_says_it_is_excluded(tmp_path, capsys):
+    run = tmp_path / "run"
+    with ChatEngine(_cfg(run)) as engine:
+        cid = engine.new_conversation()
+        _say(engine, cid, "What is a prime number?")
+        _say(engine, cid, "Explain it like I'm five.")
+        engine.undo(1)
+    out = tmp_path / "interactions.jsonl"
+    assert main(["chat", "export", "--run_dir", str(run), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no interactions to export yet" not in err
+    assert "1 interaction, 1 undone (excluded; --include_excluded true exports it)" in err
+    assert main(["chat", "export", "--run_dir", str(run), "--output", str(out), "--include_excluded", "true"]) == 0
+
+
 # ---------------------------------------------------------------------------- kill -9 and restart
 
 

@@ -23,15 +23,27 @@ def export(run_dir: str | Path, output: str | Path, *, include_excluded: bool = 
         rows = store.interactions()
     finally:
         store.close()
-    records, skipped = [], 0
+    records, excluded, empty = [], 0, 0
     for r in rows:
-        if (r["excluded"] and not include_excluded) or not r["y"].strip():
-            skipped += 1  # undone, or an empty answer (train-offline needs text)
+        if r["excluded"] and not include_excluded:
+            excluded += 1  # undone
+            continue
+        if not r["y"].strip():
+            empty += 1  # an empty answer (train-offline needs text)
             continue
         source = "sdpo-chat" if r["source"] == "chat" else f"sdpo-chat-{r['source']}"
         records.append(validate_record({"id": f"chat-{r['conversation_id']}:{r['id']}", "source": source,
                                         "x": r["x"], "y": r["y"], "o": r["o"]}))
     if not records:
-        raise RecordError(f"--run_dir {run_dir}: no interactions to export yet (a follow-up after an answer makes one)")
+        if not rows:
+            raise RecordError(f"--run_dir {run_dir}: no interactions to export yet (a follow-up after an answer "
+                              "makes one)")
+        left = []
+        if excluded:
+            left.append(f"{excluded} undone (excluded; --include_excluded true exports {'it' if excluded == 1 else 'them'})")
+        if empty:
+            left.append(f"{empty} with an empty answer")
+        what = "interaction" if len(rows) == 1 else "interactions"
+        raise RecordError(f"--run_dir {run_dir}: nothing to export: {len(rows)} {what}, {' and '.join(left)}")
     write_interactions(records, output)
-    return len(records), skipped
+    return len(records), excluded + empty
