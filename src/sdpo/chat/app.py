@@ -83,6 +83,7 @@ def session_plot(engine: ChatEngine):
         b.set_ylabel("loss", fontsize=8)
     from matplotlib.ticker import MaxNLocator
 
+    _session_axes(a, b, rows, signed=engine.cfg.loss == "policy_gradient")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
     b.set_xlabel("follow-up (grey: undone or collected only)", fontsize=8)
     for ax in (a, b):
@@ -90,6 +91,31 @@ def session_plot(engine: ChatEngine):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def _session_axes(a, b, rows, *, signed: bool) -> None:
+    """Axes that read well with no point or one (matplotlib's own limits are then ±0.05 around nothing, and
+    0.945-1.050 ticks around a single follow-up): follow-ups 1..5 at least, |signal| from 0, the signed
+    panel symmetric about 0."""
+    n = len(rows)
+    a.set_xlim(0.5, max(n, 5) + 0.5)
+    if n == 0:
+        a.text(0.5, 0.5, "no follow-ups yet: each message after an answer adds a point", transform=a.transAxes,
+               ha="center", va="center", fontsize=7, color="grey")
+        a.set_ylim(0, 1)
+        b.set_ylim(-1, 1) if signed else b.set_ylim(0, 1)
+        return
+    top = max((r["signal_abs_mean"] or 0.0) for r in rows)
+    a.set_ylim(0, top * 1.15 if top > 0 else 1e-3)
+    if signed:
+        span = max(abs(r["signal_mean"] or 0.0) for r in rows)
+        span = span * 1.15 if span > 0 else 1e-3
+        b.set_ylim(-span, span)
+    else:
+        values = [r["loss"] for r in rows if r["loss"] is not None]
+        if len(values) == 1:
+            pad = abs(values[0]) * 0.5 or 1e-3
+            b.set_ylim(values[0] - pad, values[0] + pad)
 
 
 def _history(engine: ChatEngine, conversation_id: int | None) -> list[dict]:
