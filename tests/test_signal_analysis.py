@@ -227,3 +227,37 @@ def test_report_renders_in_headless_chromium(analysis_dir, tmp_path):
     non_white = (pixels.min(axis=1) < 235).mean()
     assert non_white > 0.02, f"screenshot looks blank ({non_white:.3%} non-white pixels)"
     assert len(np.unique(pixels, axis=0)) > 50
+
+
+def _fake_result(n_tokens=12):
+    tokens = ["Sure", ",", " here", " is", " a", " short", " answer", ".\n", "🎉", " Bye", "!", "<|im_end|>"][:n_tokens]
+    case = {"name": "demo", "tokens": tokens, "signal_followup": [((-1) ** i) * 0.3 * i for i in range(len(tokens))],
+            "signal_unrelated": [0.01] * len(tokens)}
+    return {"template": "hindsight", "cases": [case, dict(case, name="again")],
+            "overall": {"selectivity": 2.0}}
+
+
+def test_heatmap_cells_show_their_tokens():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdpo.analysis.signal_report import _heatmap, cell_label
+
+    fig, ax = plt.subplots(figsize=(12, 3))
+    _heatmap(ax, _fake_result(), "signal_followup", "t", 1.0, 96)
+    texts = [t.get_text() for t in ax.texts]
+    assert "Sure" in texts and "·here" in texts and ".\\n" in texts and "[party popper]"[:3] in "".join(texts)
+    plt.close(fig)
+    assert cell_label(" answer", 4) == "·an…" and cell_label("\n", 5) == "\\n"
+
+
+def test_heatmap_with_many_tokens_still_writes(tmp_path):
+    from sdpo.analysis.signal_report import write_plots
+
+    result = _fake_result()
+    result["cases"] = [dict(c, tokens=c["tokens"] * 10, signal_followup=c["signal_followup"] * 10,
+                            signal_unrelated=c["signal_unrelated"] * 10) for c in result["cases"]]
+    paths = write_plots(result, tmp_path, max_tokens=96, token_images=False)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)

@@ -155,10 +155,42 @@ def _heatmap(ax, result, key, title, vmax, max_tokens):
         interpolation="nearest",
     )
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel("response token")
+    ax.set_xlabel("response token (its text in the cell)")
     names = [f"{i}: {r['name']}" for i, r in enumerate(result["cases"])]
     ax.set_yticks(range(len(names)), names, fontsize=7)
+    _label_tokens(ax, result, key, vmax, max_tokens)
     return im
+
+
+def cell_label(token: str, max_chars: int) -> str:
+    """A token as written in its heatmap cell: spaces shown as ``·``, a newline as ``\\n``, characters the
+    font lacks spelled out, cut to ``max_chars`` (with ``…``)."""
+    text = token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+    text = drawable(text)
+    return text if len(text) <= max_chars else text[: max(1, max_chars - 1)] + "…"
+
+
+def _label_tokens(ax, result, key, vmax, max_tokens) -> None:
+    """Write each response token into its cell (vertical text, sized to the cell), so that a heatmap shows
+    which tokens the signal moves, not only their positions."""
+    width = min(max_tokens, max(len(r["tokens"]) for r in result["cases"]))
+    fig_w, fig_h = ax.figure.get_size_inches()
+    box = ax.get_position()
+    cell_w = box.width * fig_w * 72 / max(1, width)  # points
+    cell_h = box.height * fig_h * 72 / max(1, len(result["cases"]))
+    size = min(8.0, 0.75 * cell_w, 0.5 * cell_h)
+    if size < 3.0:  # too small to read: leave the cells plain
+        return
+    max_chars = max(1, int(cell_h * 0.9 / (0.62 * size)))
+    for i, case in enumerate(result["cases"]):
+        values = case.get(key) or []
+        for j, token in enumerate(case.get("tokens", [])[:width]):
+            label = cell_label(token, max_chars)
+            if not label:
+                continue
+            value = abs(values[j]) if j < len(values) else 0.0
+            ax.text(j, i, label, rotation=90, ha="center", va="center", fontsize=size, fontfamily=_MONO,
+                    color="white" if value > 0.6 * vmax else "#222222", clip_on=True)
 
 
 def write_plots(result: dict, out_dir: Path, *, max_tokens: int = 96, token_images: bool = True) -> list[Path]:
