@@ -196,3 +196,28 @@ def test_bad_signal_options_fail_before_loading():
         OnlineSDPOConfig(train_jsonl="x", selectivity_threshold=-1.0, output_dir="/tmp/sdpo-never-created")
     with pytest.raises(ValueError, match="contrastive_followup"):
         OnlineSDPOConfig(train_jsonl="x", contrastive_followup="  ", output_dir="/tmp/sdpo-never-created")
+
+
+def test_a_failed_follow_up_gets_no_advantage_and_kl_needs_the_start(tiny):
+    """A follow-up that could not be obtained (weight 0) pushes nothing; the others train as before;
+    kl_to_start needs the starting model and reports its KL."""
+    import copy
+
+    from sdpo.templates import get_template
+    from sdpo.trainers.update import UpdateExample, UpdateOptions, sdpo_update
+
+    model, tok = tiny
+    model = copy.deepcopy(model).train()
+    start = copy.deepcopy(model).eval()
+    template = get_template(system_prompt="general")
+    response = tok.encode("Send a short letter to the landlord.", add_special_tokens=False)
+    examples = [UpdateExample(REQUEST, response, "That's too long, keep it short.", weight=0.0),
+                UpdateExample(REQUEST, response, "Can you say that more casually?")]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = sdpo_update(model, opt, tok, template, examples, UpdateOptions(contrastive_followup="matched"))
+    assert all(a == 0.0 for a in result.advantages[0])
+    assert any(abs(a) > 0 for a in result.advantages[1])
+    with pytest.raises(ValueError, match="reference_model"):
+        sdpo_update(model, opt, tok, template, examples, UpdateOptions(kl_to_start=0.1))
+    result = sdpo_update(model, opt, tok, template, examples, UpdateOptions(kl_to_start=0.1), reference_model=start)
+    assert result.stats["kl"] == pytest.approx(0.0, abs=1e-6)  # lr 0: still the starting weights
