@@ -573,7 +573,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdpo import threads
     from sdpo.progress import main_process, quiet_logs, set_command_line
 
-    set_command_line(True)  # sdpo.progress.note: lines such as "loading model ..." for the person at the terminal
 
     try:
         threads_flag, rest = threads.take_flag(rest)
@@ -594,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(choice.line(), file=sys.stderr, flush=True)
 
     quiet_logs()  # warnings once (rank 0 only under a launcher), no library banners or nested bars
+    set_command_line(True)  # sdpo.progress.note: lines such as "loading model ..." for the person at the terminal
     try:
         return _run_command(name, rest, parsed)
     finally:
