@@ -37,7 +37,7 @@ def test_impossible_numbers_are_one_line(command, flag, value, message, tmp_path
 # every other command: NUMBER_RULES / OUTPUT_DIRS / OUTPUT_FILES, checked right after parsing
 OTHERS = [
     (["eval", "checkpoints", "--eval_n", "0"], "--eval_n: must be >= 1, got 0"),
-    (["eval", "checkpoints", "--max_new_tokens", "-1"], "--max_new_tokens: must be >= 1, got -1"),
+    (["eval", "checkpoints", "--max_new_tokens", "-1"], "--max_new_tokens: must be >= 1 (or leave it unset), got -1"),
     (["eval", "checkpoints", "--judge_timeout", "0"], "--judge_timeout: must be > 0, got 0.0"),
     (["eval", "checkpoints", "--judge_concurrency", "0"], "--judge_concurrency: must be >= 1"),
     (["signal", "--batch_size", "0"], "--batch_size: must be >= 1, got 0"),

@@ -71,7 +71,7 @@ def test_online_run_log_is_quiet(tmp_path, tldr):
     assert sum("trackio: project sdpo, run quiet" in line for line in text.splitlines()) == 1
     lines = [line for line in text.splitlines() if line.startswith("online SDPO: ") and "/3 steps" in line]
     assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"], text
-    assert all("loss=" in line for line in lines)
+    assert all("adv=" in line and "nonanswer=" in line for line in lines)
     # a resumed run (the checkpoint holds the tied lm_head once) is as quiet
     text = _run_to_file(
         ["train-online", "--model_name_or_path", "tiny-random", "--train_jsonl", str(tldr / "train.jsonl"),

@@ -347,6 +347,9 @@ def build_trainer(config: OfflineSDPOConfig, *, model=None, tokenizer=None, reco
     if reference_model is not None:
         reference_model.to(trainer.args.device)
     trainer.load_report = report
+    from sdpo.progress import quiet_trainer
+
+    quiet_trainer(trainer)  # our progress line instead of the Trainer's per-step dicts (metrics.jsonl has them)
     return trainer
 
 

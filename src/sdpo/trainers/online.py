@@ -161,7 +161,8 @@ class OnlineSDPOConfig:
     summary_prompts: int = field(default=8, metadata={"help": "held-out prompts for the before/after summary (0 = off)"})
     summary_max_new_tokens: int = field(default=96, metadata={"help": "length limit of summary generations"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    report_to: str = field(default="trackio", metadata={"help": "trackio (local, default), wandb, or none"})
+    report_to: str = field(default="trackio", metadata={"help": "trackio (local, default), wandb, tensorboard, all, "
+                                                                "none, or several: 'trackio,tensorboard'"})
     project: str = field(default="sdpo", metadata={"help": "tracker project name"})
 
     def __post_init__(self):
@@ -176,12 +177,8 @@ class OnlineSDPOConfig:
             raise ValueError(f"advantage_centering must be one of {CENTERING}")
         from sdpo.trackers import OWN_TRACKERS, parse_report_to, report_to_text
 
-        # TRL's forms (none, all, a list, "a,b"), normalised to one string; the loop's _start_tracker writes to
-        # one of trackio / wandb (sdpo.trackers.start_tracker writes to several and to tensorboard too)
+        # TRL's forms (none, all, a list, "a,b"), normalised to one string (sdpo.trackers.start_tracker)
         self.report_to = report_to_text(parse_report_to(self.report_to, allowed=tuple(OWN_TRACKERS)))
-        if self.report_to not in ("trackio", "wandb", "none"):  # lift once _start_tracker calls start_tracker
-            raise ValueError(f"report_to={self.report_to}: train-online writes to one of trackio, wandb or none so "
-                             "far (TensorBoard and several trackers: sdpo train-offline)")
         if self.save_steps < 1:
             raise ValueError("save_steps must be >= 1")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_new_tokens",
@@ -788,24 +785,12 @@ class OnlineSDPOTrainer:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _start_tracker(self):
-        """trackio (local files, no account) or W&B; the module itself serves as the logger."""
-        cfg = self.cfg
-        if cfg.report_to == "none":
-            return None
-        config = {k: v for k, v in asdict(cfg).items() if "key" not in k.lower()}
-        name = Path(cfg.output_dir).name
-        if cfg.report_to == "trackio":
-            from sdpo.progress import quiet_trackio
+        """The trackers ``report_to`` names (trackio, W&B, TensorBoard; ``sdpo.trackers``), or None."""
+        from sdpo.trackers import start_tracker
 
-            trackio = quiet_trackio()  # one line instead of trackio's banner
-            trackio.init(project=cfg.project, name=name, config=config, resume="allow")
-            return trackio
-        try:
-            import wandb
-        except ImportError:
-            raise RuntimeError("report_to=wandb needs `pip install wandb`") from None
-        wandb.init(project=cfg.project, name=name, config=config, resume="allow")
-        return wandb
+        cfg = self.cfg
+        return start_tracker(cfg.report_to, project=cfg.project, name=Path(cfg.output_dir).name,
+                             config=asdict(cfg), output_dir=cfg.output_dir)
 
     def _mean_over_ranks(self, metrics: dict) -> dict:
         acc = self.accelerator
