@@ -161,7 +161,12 @@ def test_offline_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(reco
     b = load_file(stopped / "checkpoint-2" / "model.safetensors")
     start = load_file(stopped / "checkpoint-1" / "model.safetensors")
     assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    # CUDA kernels may sum in another order (atomics), and AdamW turns a near-zero gradient's flipped sign
+    # into a full step (lr 1e-3): a few weights may differ. A resume that lost the optimizer's moments or
+    # the data order changes most of them.
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert (diff > 1e-5).float().mean().item() < 1e-3, (diff > 1e-5).float().mean().item()
+    assert diff.max().item() <= 5e-3
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # step 2 did move the weights
 
 

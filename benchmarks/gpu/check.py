@@ -336,6 +336,8 @@ def parse_args(argv=None):
     parser.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS",
                         help="one step's budget, e.g. --budget rich=120 (repeatable)")
     parser.add_argument("--repeats", type=int, default=None, help="signal repeats (default 3; 1 with --tiny)")
+    parser.add_argument("--tests-device", default=None,
+                        help="run the gpu tests on this device anyway (SDPO_TEST_DEVICE; 'cpu' rehearses them here)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.out is None and not args.probe:
@@ -402,6 +404,8 @@ def main(argv=None) -> int:
     report["install"]["sdpo_cache"] = env.get("SDPO_CACHE")
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if args.tests_device:
+        env["SDPO_TEST_DEVICE"] = args.tests_device
     # versions and origins as the steps will see them
     result = run_step([sys.executable, str(HERE / "check.py"), "--probe"], seconds=max(30.0, clock.allowed(90, 0)),
                       env=env, log=logs / "probe.log")
