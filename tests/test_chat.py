@@ -417,3 +417,20 @@ def test_chat_in_a_real_browser(tmp_path):
     saved = load_file(str(sorted((run / "checkpoints").glob("checkpoint-*"))[-1] / "trainable.safetensors"))
     moved = [name for name, p in base.named_parameters() if not torch.equal(p, saved[name])]
     assert moved  # the weights changed
+
+
+def test_chat_update_with_the_options_against_collapse(tmp_path):
+    """The chat takes the contrastive / selectivity / KL options (docs/online.md); the KL anchor is the
+    starting weights, frozen, and an update reports the KL to them."""
+    cfg = _cfg(tmp_path / "run", contrastive_followup="matched", selectivity_threshold=0.01, kl_to_start=0.1)
+    with ChatEngine(cfg) as engine:
+        start = [p.detach().clone() for p in engine.reference_model.parameters()]
+        cid = engine.new_conversation()
+        _say(engine, cid, "Tell me about the sea.")
+        _say(engine, cid, "Shorter, please.")  # one update
+        assert engine.version == 1
+        assert all(torch.equal(a, b) for a, b in zip(start, engine.reference_model.parameters()))
+        assert not any(p.requires_grad for p in engine.reference_model.parameters())
+    from sdpo.cli import main
+
+    assert main(["chat", "--kl_to_start", "nan", "--run_dir", str(tmp_path / "never")]) == 2

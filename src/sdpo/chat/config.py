@@ -58,6 +58,16 @@ class ChatConfig:
     ppo_clip: float = field(default=0.2, metadata={"help": "policy_gradient: PPO ratio clip (ratio 1 on-policy)"})
     ignore_first_tokens: int = field(default=0, metadata={"help": "answer tokens left out of the loss"})
     mask_eos_advantage: bool = field(default=False, metadata={"help": "leave the end-of-answer token out of the loss"})
+    contrastive_followup: str | None = field(
+        default=None, metadata={"help": "policy_gradient, ours (off = the reference): advantage against a generic reply "
+                                        "o0 (complaint, neutral, matched or the text) instead of no reply, so what "
+                                        "any complaint causes cancels (see docs/online.md)"})
+    selectivity_threshold: float = field(
+        default=0.0, metadata={"help": "policy_gradient, ours (0 = off): no advantage where the follow-up moves a "
+                                       "token's log-prob less than this (nats) apart from a generic reply"})
+    kl_to_start: float = field(
+        default=0.0, metadata={"help": "policy_gradient, ours (0 = off): per-token KL to the starting weights, "
+                                       "against drift over a long session"})
     distillation_topk: int = field(default=50, metadata={"help": "topk_distillation: k (reference: 50)"})
     distillation_add_tail: bool = field(default=True, metadata={"help": "topk_distillation: a tail bucket for the "
                                                                         "mass outside the top k (else renormalise)"})
@@ -148,4 +158,4 @@ class ChatConfig:
         return {k: getattr(self, k) for k in MODEL_OPTIONS}
 
 
-ChatConfig.NUMBER_RULES = {'lora_r': '>=1', 'lora_alpha': '>0', 'max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_context_tokens': '>=1', 'learning_rate': '>0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'distillation_topk': '>=1', 'distillation_alpha': '[0,1]', 'undo_depth': '>=0', 'save_every': '>=1', 'save_total_limit': '>=0', 'seed': '>=0', 'port': '>=0', 'turns': '>=1', 'eval_every': '>=1', 'eval_n': '>=1', 'eval_max_new_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules
+ChatConfig.NUMBER_RULES = {'lora_r': '>=1', 'lora_alpha': '>0', 'max_new_tokens': '>=1', 'temperature': '>=0', 'top_p': '(0,1]', 'max_context_tokens': '>=1', 'learning_rate': '>0', 'weight_decay': '>=0', 'max_grad_norm': '>=0', 'advantage_clip': '>0|None', 'ppo_clip': '>0', 'ignore_first_tokens': '>=0', 'selectivity_threshold': '>=0', 'kl_to_start': '>=0', 'distillation_topk': '>=1', 'distillation_alpha': '[0,1]', 'undo_depth': '>=0', 'save_every': '>=1', 'save_total_limit': '>=0', 'seed': '>=0', 'port': '>=0', 'turns': '>=1', 'eval_every': '>=1', 'eval_n': '>=1', 'eval_max_new_tokens': '>=1'}  # checked by sdpo.cli.check_number_rules

@@ -90,6 +90,9 @@ class ChatEngine:
             self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
             self.template = get_template(cfg.template, system_prompt=cfg.system_prompt)
             self.update_options = UpdateOptions.from_config(cfg)
+            # kl_to_start: a frozen copy of the starting weights (taken before a restart restores later ones)
+            self.reference_model = (copy.deepcopy(model).eval().requires_grad_(False)
+                                    if cfg.kl_to_start and cfg.loss == "policy_gradient" else None)
             self.device = next(model.parameters()).device
             self.weights_lock = threading.Lock()
             self.version = 0
@@ -314,7 +317,8 @@ class ChatEngine:
         try:
             example = UpdateExample(row["x"], row["response_ids"], row["o"], context=self.context_ids(row["x"]))
             result = sdpo_update(self.model, self.optimizer, self.tokenizer, self.template, [example],
-                                 self.update_options, step_lock=self._mutation(), before_step=keep_for_undo)
+                                 self.update_options, step_lock=self._mutation(), before_step=keep_for_undo,
+                                 reference_model=self.reference_model)
         except Exception as err:
             self.store.update_interaction(iid, status="failed", error=f"{type(err).__name__}: {err}",
                                           finished=time.time())
