@@ -86,6 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch", type=int, default=50)
     p.add_argument("--out-dir", default="benchmarks/results/learning-online")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table/PNG from finished runs")
+    p.add_argument("--markdown", action="store_true", help="also print the table for RESULTS.md")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -310,6 +311,23 @@ def aggregate(out: Path, seeds, variants) -> dict:
     return {"runs": len(rows), "table": summary}
 
 
+def markdown(result: dict) -> str:
+    """The table for benchmarks/RESULTS.md: one row per (persona, variant), seeds pooled."""
+    head = ("| persona | variant | seeds | judge vs base: W / L / T | win rate (95 %) | sign p | persona score: "
+            "base → after | McNemar p | non-answers: base → after | words: base → after |")
+    lines = [head, "|" + "---|" * 10]
+    for r in result["table"]:
+        b = r.get("base") or {}
+        rate = "-" if r["win_rate"] is None else (f"{100 * r['win_rate']:.0f} % "
+                                                  f"({100 * r['win_low']:.0f}–{100 * r['win_high']:.0f})")
+        lines.append(
+            f"| {r['persona']} | {r['variant']} | {','.join(map(str, r['seeds']))} | {r['wins']} / {r['losses']} / "
+            f"{r['ties']} | {rate} | {r['judge_p_pooled']:.2g} | {b.get('persona_score', float('nan')):.3f} → "
+            f"{r['persona_score']:.3f} | {r['persona_p_pooled']:.2g} | {b.get('nonanswer_rate', float('nan')):.3f} → "
+            f"{r['nonanswer_rate']:.3f} | {b.get('words', float('nan')):.0f} → {r['words']:.0f} |")
+    return "\n".join(lines)
+
+
 def base_row(out: Path, persona: str, tag: str):
     from sdpo.degeneracy import degeneracy_rate
     from sdpo.feedback.simulators import rule_score
@@ -389,6 +407,8 @@ def main(argv=None) -> int:
                   seconds=time.perf_counter() - started, png=str(plot(bench.out, args.variants)))
     (bench.out / "learning-online.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
+    if args.markdown:
+        print(markdown(result))
     return 0
 
 
