@@ -9,7 +9,9 @@ Both run side by side in one process on the same 16 uneven cases at batch size 1
   contexts fused, output head only at response positions in bounded chunks).
 
 Printed: one JSON line per model with response tokens/s, peak memory above the loaded
-model (activations + logits) for both, and the ratios. On CPU, peak memory is the
+model (activations + logits) for both, and the ratios; on CPU also the CPU model, its
+AMX / avx512_bf16 flags, the float32 and bf16 matmul peaks measured in the same run and
+what ``--dtype auto`` picks on this machine kind (``sdpo.models.cpu_bf16_measurement``). On CPU, peak memory is the
 process's resident set sampled every millisecond, with glibc's mmap threshold fixed
 so freed tensors go back to the system; on CUDA it is ``max_memory_allocated``.
 
@@ -150,6 +152,25 @@ def bench(model, tokenizer, label: str, repeats: int, ablations: bool = False) -
     return row
 
 
+def cpu_report() -> dict:
+    """The CPU, its bf16-relevant flags, fp32 vs bf16 matmul peaks measured now (in this run, so
+    they compare with this run's figures) and what ``--dtype auto`` picks here (its cached
+    per-machine-kind measurement, :func:`sdpo.models.cpu_bf16_measurement`)."""
+    from sdpo.models import BF16_CPU_FLAGS, cpu_bf16_measurement, cpu_bf16_pays, cpu_flags, cpu_model_name, matmul_peaks
+
+    flags = cpu_flags()
+    peaks = matmul_peaks()
+    cached = cpu_bf16_measurement() if any(f in flags for f in BF16_CPU_FLAGS) else None
+    return {
+        "cpu": cpu_model_name(),
+        "cpu_flags": sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512f", "avx2")),
+        "matmul_fp32_gflops": round(peaks["float32"], 1), "matmul_bf16_gflops": round(peaks["bfloat16"], 1),
+        "matmul_bf16_speedup": round(peaks["bfloat16"] / peaks["float32"], 2),
+        "auto_dtype": "bfloat16 (mixed)" if cpu_bf16_pays() else "float32",
+        "auto_measurement": cached,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="embedded,qwen3-vocab", help="comma list: embedded, qwen3-vocab")
@@ -158,6 +179,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--ablations", action="store_true", help="also time variants with one optimisation off")
     args = parser.parse_args()
+    machine = cpu_report() if args.device == "cpu" else {}
     rows = []
     for name in args.models.split(","):
         if name == "embedded":
@@ -172,7 +194,7 @@ def main() -> None:
         model.eval()
         row = bench(model, tok, label, args.repeats, args.ablations)
         row.update(dtype=args.dtype, threads=torch.get_num_threads(), torch=torch.__version__,
-                   machine=platform.machine(), date=time.strftime("%Y-%m-%d"))
+                   machine=platform.machine(), date=time.strftime("%Y-%m-%d"), **machine)
         print(json.dumps(row), flush=True)
         rows.append(row)
         del model

@@ -116,11 +116,108 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     return False
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# Flags that decide how fast a CPU multiplies bf16 vs float32 matrices: the machine kind's key.
+_SPEED_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx512_vnni", "avx2", "fma")
+BF16_MIN_SPEEDUP = 1.25  # bf16 must beat float32 by this much in the measurement to be chosen
+_bf16_memo: dict[str, dict] = {}
+
+
+def matmul_peaks(size: int = 512, rounds: int = 5, inner: int = 4) -> dict[str, float]:
+    """GFLOP/s of ``size``-square float32 and bf16 matrix products on this CPU, best of ``rounds``
+    alternating rounds of ``inner`` products each (about 0.3 s on one core; best-of, as load only slows)."""
+    import time
+
+    out: dict[str, float] = {}
+    mats = {dt: (torch.randn(size, size).to(dt), torch.randn(size, size).to(dt))
+            for dt in (torch.float32, torch.bfloat16)}
+    for a, b in mats.values():
+        torch.mm(a, b)  # warm-up: kernels chosen, pages touched
+    flop = 2.0 * size**3 * inner
+    for r in range(rounds):
+        for dt in (mats if r % 2 == 0 else list(mats)[::-1]):
+            a, b = mats[dt]
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b)
+            rate = flop / max(time.perf_counter() - start, 1e-9) / 1e9
+            name = str(dt).replace("torch.", "")
+            out[name] = max(out.get(name, 0.0), rate)
+    return out
+
+
+def _bf16_cache_path() -> Path:
+    return cache_dir() / "cpu_bf16_speed.json"
+
+
+def cpu_bf16_measurement(*, refresh: bool = False, measure=None) -> dict:
+    """Whether bf16 matrix products are measurably faster than float32 on this machine kind.
+
+    Keyed by CPU model, the speed-relevant flags and the torch version; measured once
+    (:func:`matmul_peaks`, or ``measure()`` returning ``{"float32": GFLOP/s, "bfloat16": GFLOP/s}``)
+    and cached in ``$SDPO_CACHE/cpu_bf16_speed.json``, as the planner caches its forward
+    overhead. Returns ``{"key", "float32_gflops", "bfloat16_gflops", "speedup", "bf16"}``;
+    ``bf16`` is true where the speedup is at least :data:`BF16_MIN_SPEEDUP`.
+    """
+    import json
+    import time
+
+    flags = cpu_flags()
+    key = "|".join([cpu_model_name(), "+".join(f for f in _SPEED_FLAGS if f in flags) or "-",
+                    f"torch {torch.__version__.split('+')[0]}"])
+    if not refresh and key in _bf16_memo:
+        return _bf16_memo[key]
+    path = _bf16_cache_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    record = table.get(key)
+    if refresh or not isinstance(record, dict) or "speedup" not in record:
+        peaks = (measure or matmul_peaks)()
+        speedup = peaks["bfloat16"] / max(peaks["float32"], 1e-9)
+        record = {"float32_gflops": round(peaks["float32"], 1), "bfloat16_gflops": round(peaks["bfloat16"], 1),
+                  "speedup": round(speedup, 3), "bf16": speedup >= BF16_MIN_SPEEDUP,
+                  "measured": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
+        table[key] = record
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+    _bf16_memo[key] = {"key": key, **record}
+    return _bf16_memo[key]
+
+
+def cpu_bf16_pays() -> bool:
+    """``dtype=auto`` on CPU: the bf16 flags are there (:func:`bf16_is_fast`) *and* bf16 measured
+    faster on this machine kind (:func:`cpu_bf16_measurement`); a CPU where bf16 is slow stays float32."""
+    return bf16_is_fast("cpu") and bool(cpu_bf16_measurement()["bf16"])
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """The compute dtype: ``auto`` is bf16 where :func:`bf16_is_fast`, else float32."""
+    """The compute dtype: ``auto`` is bf16 where bf16 is fast (a GPU by its compute capability,
+    a CPU by its flags and a cached measurement, :func:`cpu_bf16_pays`), else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
+        if torch.device(device).type == "cpu":
+            return torch.bfloat16 if cpu_bf16_pays() else torch.float32
         return torch.bfloat16 if bf16_is_fast(device) else torch.float32
     try:
         return _DTYPES[dtype]
