@@ -336,6 +336,8 @@ def parse_args(argv=None):
     parser.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS",
                         help="one step's budget, e.g. --budget rich=120 (repeatable)")
     parser.add_argument("--repeats", type=int, default=None, help="signal repeats (default 3; 1 with --tiny)")
+    parser.add_argument("--shapes", default=None, help="model shapes for the timed steps instead of the default "
+                                                         "(comma list: tiny, qwen3-0.6b, qwen3-1.7b, qwen3-4b, ...)")
     parser.add_argument("--tests-device", default=None,
                         help="run the gpu tests on this device anyway (SDPO_TEST_DEVICE; 'cpu' rehearses them here)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
@@ -445,6 +447,8 @@ def main(argv=None) -> int:
             if args.tiny:
                 cmd.append("--tiny")
             cmd += ["--repeats", str(args.repeats or (1 if args.tiny else 3))]
+            if args.shapes:
+                cmd += ["--shapes", args.shapes]
             result = run_step(cmd, seconds=allowed, env=env, log=log)
             rows = read_rows(rows_file)
             step = {**result, "budget_s": allowed, "rows": rows, "status": step_status(result, rows=rows)}

@@ -59,7 +59,12 @@ class Rows:
                 f.write(line + "\n")
 
 
+SHAPES_OVERRIDE: list[str] = []  # --shapes
+
+
 def shape_names(tiny: bool) -> list[str]:
+    if SHAPES_OVERRIDE:
+        return list(SHAPES_OVERRIDE)
     return ["tiny"] if tiny else list(REAL_SHAPES)
 
 
@@ -418,12 +423,19 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model instead of Qwen3-1.7B and Qwen3-4B")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", default=None,
+                        help=f"comma list of shapes instead (tiny, {', '.join(QWEN3)}); batch sizes still follow --tiny")
     parser.add_argument("--out", default=None, help="append each result here as a JSON line")
     args = parser.parse_args(argv)
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: torch sees no CUDA device")
+    if args.shapes:
+        unknown = [n for n in args.shapes.split(",") if n != "tiny" and n not in QWEN3]
+        if unknown:
+            raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; choose from tiny, {', '.join(QWEN3)}")
+        SHAPES_OVERRIDE[:] = args.shapes.split(",")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"signal": part_signal, "online": part_online, "offline": part_offline, "rich": part_rich}[args.part](
         args, Rows(args.out))
