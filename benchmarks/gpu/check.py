@@ -252,6 +252,10 @@ def sdpo_cache(wheels: Path, work: Path) -> str | None:
 # --------------------------------------------------------------------------- summary
 
 
+def _tflops(value) -> str:
+    return _fmt(value, " TFLOP/s", 1 if value and value >= 10 else 3)
+
+
 def _fmt(value, unit="", digits=0) -> str:
     if value is None:
         return "-"
@@ -297,10 +301,10 @@ def row_line(row: dict) -> str:
         gc = " +checkpointing" if row.get("gradient_checkpointing") else ""
         return f"{part} {model}{gc}: {row.get('status')} - {row.get('error', '')}"
     if part == "peak":
-        return f"peak: {row['dtype']} {row['n']}^3 matmul {_fmt(row['tflops'], ' TFLOP/s', 1 if row['tflops'] >= 10 else 3)}"
+        return f"peak: {row['dtype']} {row['n']}^3 matmul {_tflops(row['tflops'])}"
     if part == "signal":
         return (f"{model}: {_fmt(row['sdpo_tokens_per_s'], ' tok/s')}, MFU {_fmt(100 * row['mfu'], '%', 1)} "
-                f"({_fmt(row['tflops'], ' TFLOP/s', 1 if row['tflops'] >= 10 else 3)}); naive {_fmt(row['naive_tokens_per_s'], ' tok/s')} "
+                f"({_tflops(row['tflops'])}); naive {_fmt(row['naive_tokens_per_s'], ' tok/s')} "
                 f"(x{row['speedup']}); peak extra {_fmt(row['sdpo_peak_extra_mib'], ' MiB')} vs "
                 f"{_fmt(row['naive_peak_extra_mib'], ' MiB')}")
     if part == "online":
@@ -310,7 +314,8 @@ def row_line(row: dict) -> str:
                 f"(+{_fmt(row['peak_extra_gib'], ' GiB', 2)})")
     gc = " +checkpointing" if row.get("gradient_checkpointing") else ""
     if part == "offline":
-        return (f"{model}{gc}: {_fmt(row.get('response_tokens_per_s'), ' response tok/s')}, step {row.get('step_s')} s; "
+        return (f"{model}{gc}: {_fmt(row.get('response_tokens_per_s'), ' response tok/s')}, "
+                f"step {row.get('step_s')} s; "
                 f"peak {_fmt(row.get('peak_total_gib'), ' GiB', 1)} (+{_fmt(row['peak_extra_gib'], ' GiB', 2)})")
     if part == "rich":
         return (f"{model}{gc}: {_fmt(row.get('completion_tokens_per_s'), ' completion tok/s')}, step "

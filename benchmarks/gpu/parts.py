@@ -251,7 +251,8 @@ def part_online(args, rows: Rows) -> None:
             row["step_s"] = round(sum(row[f"{k}_s"] for k in ("generate", "simulate", "score", "update")), 3)
             row["response_tokens_mean"] = last.get("response_tokens_mean")
             if row["response_tokens_mean"]:
-                row["generated_tokens_per_s"] = round(batch * row["response_tokens_mean"] / max(row["generate_s"], 1e-9), 1)
+                generated = batch * row["response_tokens_mean"]
+                row["generated_tokens_per_s"] = round(generated / max(row["generate_s"], 1e-9), 1)
             row["peak_extra_gib"] = round(mem.extra / 2**30, 3)
             row["peak_total_gib"] = peak_total_gib(args.device)
             row["steps"] = len(steps)
@@ -424,7 +425,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model instead of Qwen3-1.7B and Qwen3-4B")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", default=None,
-                        help=f"comma list of shapes instead (tiny, {', '.join(QWEN3)}); batch sizes still follow --tiny")
+                        help=f"comma list of shapes instead (tiny, {', '.join(QWEN3)}); batch sizes follow --tiny")
     parser.add_argument("--out", default=None, help="append each result here as a JSON line")
     args = parser.parse_args(argv)
     if args.dtype is None:
