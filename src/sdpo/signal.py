@@ -495,6 +495,256 @@ def completion_logprobs(
     return results  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- shared-prefix scoring
+#
+# The student context and the teacher context agree up to the hindsight insertion point
+# (system message + request; for TL;DR the whole post). The shared path runs that common
+# prefix once and keeps its keys/values; only the continuations ``[rest of context | y]``
+# run on top of it: the differentiable branch on the prefix's own cache tensors (the prefix
+# forward stays in the graph), every other branch on detached copies under no_grad. Exact:
+# each query attends to the same keys and values at the same positions as in a full forward
+# (the padding between prefix and continuation is masked, position ids follow the mask).
+
+KV_BUDGET_BYTES = 1 << 30  # bound on one micro-batch's cached keys/values (all layers)
+SHARE_MIN_SAVED_PER_OVERHEAD = 1.0  # auto shares when the saved prefix tokens exceed this many forwards' overhead
+_SHARE_MODES = ("auto", True, False)
+
+
+class _NoSharing(RuntimeError):
+    """The model's cache cannot be branched (found out after the prefix forward)."""
+
+
+def shared_prefix_len(*contexts: Sequence[int]) -> int:
+    """Length of the common token prefix of ``contexts``, leaving each at least one token of its
+    own (the last context token predicts the first response token: it runs in the continuation)."""
+    limit = min(len(c) for c in contexts) - 1
+    first = contexts[0]
+    n = 0
+    while n < limit and all(c[n] == first[n] for c in contexts[1:]):
+        n += 1
+    return max(n, 0)
+
+
+def _has_active_dropout(model) -> bool:
+    if not model.training:
+        return False
+    config = getattr(_unwrap(model) or model, "config", None)
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def prefix_sharing_unsupported(model, head_mode: str = "auto") -> str | None:
+    """None where shared-prefix scoring is exact for ``model``, else why it is not used."""
+    if head_mode == "logits":
+        return "head_mode='logits'"
+    if lockstep_forwards(model) or _unwrap(model) is None:
+        return "a distributed wrapper (its own forward, once per step)"
+    split = _split_head(model)
+    if split is None:
+        return "the output head cannot be applied separately"
+    body = split[0]
+    config = getattr(_unwrap(model), "config", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types) or getattr(config, "use_sliding_window", False):
+        return "sliding-window or non-attention layers"
+    if getattr(body, "gradient_checkpointing", False) and body.training:
+        return "gradient checkpointing (no cache in training mode)"
+    if _has_active_dropout(model):
+        return "active dropout (the branches would share the prefix's dropout masks)"
+    return None
+
+
+def _kv_bytes_per_token(model) -> int:
+    inner = _unwrap(model) or model
+    config = getattr(inner, "config", None)
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    heads = int(getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 1) or 1)
+    head_dim = getattr(config, "head_dim", None) or (
+        int(getattr(config, "hidden_size", 64)) // int(getattr(config, "num_attention_heads", 1) or 1))
+    dtype = autocast_dtype(model) or next(inner.parameters()).dtype
+    return 2 * layers * heads * int(head_dim) * torch.empty((), dtype=dtype).element_size()
+
+
+def _cache_keyword(body) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier), as ``body.forward`` takes it."""
+    import inspect
+
+    try:
+        params = inspect.signature(body.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_layers(cache):
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        raise _NoSharing("the model's cache is not a plain dynamic cache")
+    return layers
+
+
+def _prefix_group(model, prefixes, rows, *, pad_token_id: int, chunk_tokens: int, head_fp32: bool,
+                  grad_rows: set[int]) -> list[torch.Tensor]:
+    """One micro-batch: one forward of ``prefixes`` (left-padded, with a cache), then the
+    continuation ``rows`` = ``[(prefix index, suffix ids, response ids)]`` on that cache: rows
+    in ``grad_rows`` in one forward under the caller's autograd mode, the others in one
+    forward under no_grad on the detached cache. Log-probs of each row's response."""
+    body, head, softcap = _split_head(model)
+    device = _model_device(model)
+    n, width = len(prefixes), max(len(p) for p in prefixes)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    lens = mask.sum(-1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache(config=getattr(_unwrap(model), "config", None))
+    cache_kw = {_cache_keyword(body): cache}
+    with torch.set_grad_enabled(torch.is_grad_enabled() and bool(grad_rows)):
+        body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
+             use_cache=True, **cache_kw)
+    layers = _cache_layers(cache)
+    prefix_kv = [(layer.keys, layer.values) for layer in layers]
+    results: list[torch.Tensor | None] = [None] * len(rows)
+    plain = [k for k in range(len(rows)) if k not in grad_rows]
+    for members, with_grad in ((plain, False), (sorted(grad_rows), True)):
+        if not members:
+            continue
+        part = [rows[k] for k in members]
+        s_len = max(len(s) for _, s, _ in part)
+        r_len = max(len(r) for _, _, r in part)
+        m = len(part)
+        c_ids = torch.full((m, s_len + r_len), pad_token_id, dtype=torch.long)
+        c_mask = torch.zeros((m, s_len + r_len), dtype=torch.long)
+        for i, (_, s, r) in enumerate(part):
+            c_ids[i, s_len - len(s) : s_len] = torch.tensor(s, dtype=torch.long)
+            c_ids[i, s_len : s_len + len(r)] = torch.tensor(r, dtype=torch.long)
+            c_mask[i, s_len - len(s) : s_len + len(r)] = 1
+        index = torch.tensor([p for p, _, _ in part], dtype=torch.long)
+        c_pos = (lens[index][:, None] + c_mask.cumsum(-1) - 1).clamp(min=0)
+        full_mask = torch.cat([mask[index], c_mask], dim=1)
+        same_rows = m == n and bool((index == torch.arange(n)).all())
+        dev_index = index.to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and with_grad):
+            for layer, (k, v) in zip(layers, prefix_kv):
+                if not with_grad:
+                    k, v = k.detach(), v.detach()
+                layer.keys, layer.values = (k, v) if same_rows else (k.index_select(0, dev_index),
+                                                                      v.index_select(0, dev_index))
+            try:
+                hidden = body(input_ids=c_ids.to(device), attention_mask=full_mask.to(device),
+                              position_ids=c_pos.to(device), use_cache=True, **cache_kw).last_hidden_state
+            finally:
+                for layer, (k, v) in zip(layers, prefix_kv):  # the prefix's own tensors for the next branch
+                    layer.keys, layer.values = k, v
+            target_mask = c_mask[:, s_len:].bool().to(device)
+            hidden = hidden[:, s_len - 1 : s_len - 1 + r_len][target_mask]
+            targets = c_ids.to(device)[:, s_len:][target_mask]
+            flat = _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap, head_fp32)
+        for k, lp in zip(members, flat.split([len(r) for _, _, r in part])):
+            results[k] = lp
+    return results  # type: ignore[return-value]
+
+
+def shared_prefix_logprobs(
+    model,
+    contexts: Sequence[Sequence[Sequence[int]]],
+    responses: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    grad_first: bool = False,
+    max_batch_tokens: int | None = None,
+    overhead_tokens: int | None = None,
+    chunk_tokens: int | None = None,
+    head_mode: str = "auto",
+    max_groups: int | None = DEFAULT_MAX_GROUPS,
+    min_saving: float = DEFAULT_MIN_SAVING,
+    head_precision: str = "compute",
+) -> list[list[torch.Tensor]]:
+    """Log-probs of each ``responses[i]`` under each of the contexts ``contexts[i]``, their
+    common token prefix computed once (see :func:`shared_prefix_len`).
+
+    ``contexts[i]`` is ``[student context, teacher context, ...]``; with ``grad_first`` the
+    first context's scores keep the autograd graph (the prefix forward included, so the
+    gradient is the full-forward one) and the others are computed under no_grad from a
+    detached copy of the prefix's keys/values. Without ``grad_first`` every branch of a
+    micro-batch runs in one continuation forward. Items whose contexts share no token are
+    scored with :func:`completion_logprobs`. Raises ``ValueError`` where sharing would not be
+    exact (:func:`prefix_sharing_unsupported`).
+    """
+    if len(contexts) != len(responses):
+        raise ValueError("contexts and responses differ in length")
+    reason = prefix_sharing_unsupported(model, head_mode)
+    if reason:
+        raise ValueError(f"shared-prefix scoring is not exact here: {reason}")
+    for i, (cs, r) in enumerate(zip(contexts, responses)):
+        if not cs or any(len(c) == 0 for c in cs):
+            raise SignalInputError(f"sequence {i}: a context has no tokens")
+        if len(r) == 0:
+            raise SignalInputError(f"sequence {i}: the completion has no tokens")
+    if head_precision not in ("float32", "compute"):
+        raise ValueError(f"head_precision must be float32 or compute, got {head_precision!r}")
+    grad = grad_first and torch.is_grad_enabled()
+    prefix = [shared_prefix_len(*cs) for cs in contexts]
+    results: list[list[torch.Tensor | None]] = [[None] * len(cs) for cs in contexts]
+    unshared = [i for i, p in enumerate(prefix) if p == 0]
+    shared = [i for i, p in enumerate(prefix) if p > 0]
+    batch_kwargs = dict(pad_token_id=pad_token_id, max_batch_tokens=max_batch_tokens, overhead_tokens=overhead_tokens,
+                        chunk_tokens=chunk_tokens, head_mode=head_mode, max_groups=max_groups, min_saving=min_saving,
+                        head_precision=head_precision)
+    for b in range(max((len(contexts[i]) for i in unshared), default=0)):
+        members = [i for i in unshared if b < len(contexts[i])]
+        with torch.set_grad_enabled(grad and b == 0):
+            outs = completion_logprobs(model, [contexts[i][b] for i in members], [responses[i] for i in members],
+                                       **batch_kwargs)
+        for i, lp in zip(members, outs):
+            results[i][b] = lp
+    if not shared:
+        return results  # type: ignore[return-value]
+    if chunk_tokens is None:
+        chunk_tokens = max(16, LOGITS_CHUNK_BYTES // (4 * _vocab_size(model)))
+    if overhead_tokens is None and len(shared) > 1:
+        overhead_tokens = int(_OVERHEAD_SAFETY * forward_overhead_tokens(model))
+    budget = max(1, KV_BUDGET_BYTES // _kv_bytes_per_token(model))
+    budget = budget if max_batch_tokens is None else min(budget, max_batch_tokens)
+    # a micro-batch costs rows * (prefix + branches * (suffix + response)) tokens, in 2-3 forwards
+    lengths = [(prefix[i], sum(len(c) - prefix[i] + len(responses[i]) for c in contexts[i])) for i in shared]
+    groups = plan_microbatches(lengths, overhead_tokens=2 * (overhead_tokens or 0), max_batch_tokens=budget,
+                               max_groups=max_groups, min_saving=min_saving)
+    with _autocast(model):
+        for group in groups:
+            members = [shared[g] for g in group]
+            rows, owner, grad_rows = [], [], set()
+            for j, i in enumerate(members):
+                for b, c in enumerate(contexts[i]):
+                    if grad and b == 0:
+                        grad_rows.add(len(rows))
+                    rows.append((j, list(c[prefix[i]:]), list(responses[i])))
+                    owner.append((i, b))
+            outs = _prefix_group(model, [list(contexts[i][0][: prefix[i]]) for i in members], rows,
+                                 pad_token_id=pad_token_id, chunk_tokens=chunk_tokens,
+                                 head_fp32=head_precision == "float32", grad_rows=grad_rows)
+            for (i, b), lp in zip(owner, outs):
+                results[i][b] = lp
+    return results  # type: ignore[return-value]
+
+
+def _sharing_pays(model, student_ctx, teacher_ctx, kwargs) -> bool:
+    """Whether the prefix tokens saved (computed once instead of twice) outweigh the fixed
+    cost of the one extra forward per micro-batch that sharing takes."""
+    saved = sum(shared_prefix_len(s, t) for s, t in zip(student_ctx, teacher_ctx))
+    overhead = kwargs.get("overhead_tokens")
+    if overhead is None:
+        overhead = int(_OVERHEAD_SAFETY * forward_overhead_tokens(model))
+    return saved > SHARE_MIN_SAVED_PER_OVERHEAD * overhead
+
+
 def hindsight_logprobs(
     model,
     encoded: Sequence[EncodedExample],
@@ -502,6 +752,7 @@ def hindsight_logprobs(
     pad_token_id: int,
     student_grad: bool = False,
     fuse: bool = True,
+    share_prefix: bool | str = "auto",
     **kwargs,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Student and teacher log-probs of each response.
@@ -510,10 +761,28 @@ def hindsight_logprobs(
     together, so both contexts can share forwards. With ``student_grad=True`` the
     student pass keeps the autograd graph and the teacher pass runs under
     ``no_grad`` (the signal is a fixed advantage).
+
+    ``share_prefix``: the common token prefix of the two contexts (everything before the
+    hindsight insertion point) is computed once and both continuations run on its cache
+    (:func:`shared_prefix_logprobs`; exact, the student's gradient included). ``auto``
+    (default) does so where it is exact (:func:`prefix_sharing_unsupported`) and the tokens
+    it saves outweigh the fixed cost of the extra forward (:func:`forward_overhead_tokens`);
+    ``True`` requires it, ``False`` never shares.
     """
+    if share_prefix not in _SHARE_MODES:
+        raise ValueError(f"share_prefix must be auto, True or False, got {share_prefix!r}")
     student_ctx = [e.student_context for e in encoded]
     teacher_ctx = [e.teacher_context for e in encoded]
     responses = [e.response for e in encoded]
+    grad = student_grad and torch.is_grad_enabled()
+    if share_prefix is not False and encoded:
+        reason = prefix_sharing_unsupported(model, kwargs.get("head_mode", "auto"))
+        if reason and share_prefix is True:
+            raise ValueError(f"share_prefix=True: shared-prefix scoring is not exact here: {reason}")
+        if not reason and (share_prefix is True or _sharing_pays(model, student_ctx, teacher_ctx, kwargs)):
+            both = shared_prefix_logprobs(model, [[s, t] for s, t in zip(student_ctx, teacher_ctx)], responses,
+                                          pad_token_id=pad_token_id, grad_first=grad, **kwargs)
+            return [b[0] for b in both], [b[1] for b in both]
     if student_grad or not fuse:
         with torch.set_grad_enabled(student_grad and torch.is_grad_enabled()):
             student = completion_logprobs(model, student_ctx, responses, pad_token_id=pad_token_id, **kwargs)
