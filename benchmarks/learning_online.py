@@ -292,6 +292,8 @@ def aggregate(out: Path, seeds, variants) -> dict:
         table.setdefault((r["persona"], r["variant"]), []).append(r)
     summary = []
     for (persona, variant), runs in sorted(table.items()):
+        if variant == "oracle":  # untrained and greedy: every seed's file is the same run; count it once
+            runs = sorted(runs, key=lambda r: r["seed"])[:1]
         f = [r["final"] for r in runs]
         w, l, t = (sum(x[k] for x in f) for k in ("judge_wins", "judge_losses", "judge_ties"))
         up, down = sum(x["persona_gained"] for x in f), sum(x["persona_lost"] for x in f)
