@@ -112,3 +112,11 @@ def prompts_file(tmp_path_factory):
 
     train, _, _ = prepare_tldr(load_prompt_rows("tldr", "sample"))
     return write_prompts(train[:8], tmp_path_factory.mktemp("prompts") / "train.jsonl")
+
+
+INFO_PREFIXES = ("loading model ", "threads: ", "loading torch")  # progress notes the commands print to stderr
+
+
+def error_lines(stderr: str) -> list[str]:
+    """``stderr`` without the commands' progress notes (model loading, thread choice): the error lines."""
+    return [line for line in stderr.strip().splitlines() if line.strip() and not line.startswith(INFO_PREFIXES)]

@@ -289,15 +289,17 @@ def test_plot_oracle_at_100_percent_is_inside_the_frame_and_small_n_shows_its_in
 
 
 def test_a_model_load_error_names_the_option(tmp_path, capsys):
+    from tests.conftest import error_lines
+
     prompts = write_prompts([PromptRecord([{"role": "user", "content": "hi"}])], tmp_path / "p.jsonl")
     (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint-1" / "trainer_state.json").write_text('{"step": 1}')
     args = ["eval", "checkpoints", "--run_dir", str(tmp_path / "run"), "--data_path", str(prompts), "--ckpts", "1",
             "--style", "no_emojis", "--eval_n", "1"]
     assert main([*args, "--judge", "rule", "--baseline", str(tmp_path / "no-such-model")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(error_lines(capsys.readouterr().err))
     assert err.startswith("sdpo eval: error: --baseline:") and "no-such-model" in err and "\n" not in err
     assert main([*args, "--judge", "local", "--judge_model", str(tmp_path / "no-such-judge"),
                  "--baseline", "tiny-random"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(error_lines(capsys.readouterr().err))
     assert err.startswith("sdpo eval: error: --judge_model:") and "no-such-judge" in err

@@ -190,8 +190,10 @@ def test_incomplete_checkpoint_is_skipped_and_save_only_model(prompts_file, tmp_
     assert not (small / "checkpoint-2" / "accelerate_state").exists()
     capsys.readouterr()
     assert main(_args(prompts_file, small, "--max_steps", "3", "--resume_from_checkpoint", "last")) == 2
+    from tests.conftest import error_lines
+
     err = capsys.readouterr().err
-    assert "--save_only_model" in err and "--model_name_or_path" in err and len(err.strip().splitlines()) == 1
+    assert "--save_only_model" in err and "--model_name_or_path" in err and len(error_lines(err)) == 1
 
 
 # ---------------------------------------------------------------------------- interruptions
