@@ -34,18 +34,23 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# A short online SDPO run on the embedded model: bundled TL;DR posts, a rule-based
-# simulated user who wants concise, casual, beginner-friendly answers (2 CPU cores: ~3 min), then a
-# rich-feedback run on additions that visibly learns (sample routing, 60 steps).
+# Two runs on the embedded model (2 CPU cores):
+# 1. online SDPO from what a simulated user says next: 48 everyday requests answered, a rule-based user who
+#    wants concise, casual, beginner-friendly answers replies, the model learns from the replies with the
+#    contrastive signal (--contrastive_followup matched: the reference signal collapses into apologies and
+#    loops at this size, benchmarks/RESULTS.md); a verdict on 24 held-out requests it never saw;
+# 2. rich-feedback SDPO with sample routing on additions, a run that visibly learns (60 steps, 200 held out).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
-	$(BIN)/sdpo prepare tldr --input_file sample --output data/demo/tldr
+	mkdir -p data/demo/everyday
+	head -n 200 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/heldout.jsonl
+	tail -n +201 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/train.jsonl
 	rm -rf $(DEMO_DIR)
-	$(BIN)/sdpo train-online --train_jsonl data/demo/tldr/train.jsonl --val_jsonl data/demo/tldr/validation.jsonl \
-	  --simulator rule --style concise_casual_beginner --system_prompt tldr --max_steps 8 --save_steps 4 \
-	  --per_device_train_batch_size 4 --max_new_tokens 96 --learning_rate 1e-5 \
-	  --summary_prompts 4 --summary_max_new_tokens 64 --output_dir $(DEMO_DIR)
+	$(BIN)/sdpo train-online --train_jsonl data/demo/everyday/train.jsonl --val_jsonl data/demo/everyday/heldout.jsonl \
+	  --simulator rule --style concise_casual_beginner --contrastive_followup matched --max_steps 12 --save_steps 6 \
+	  --per_device_train_batch_size 4 --max_new_tokens 128 --learning_rate 1e-5 \
+	  --summary_prompts 24 --summary_max_new_tokens 128 --report_to none --output_dir $(DEMO_DIR)
 	@echo "== a run that visibly learns: rich-feedback SDPO with sample routing on additions (60 steps, 200 held out)"
 	$(BIN)/python examples/basic_sdpo.py --method routing --max-steps 60 --train-size 256 --eval-size 200 \
 	  --output-dir $(DEMO_DIR)-additions

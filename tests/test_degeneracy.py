@@ -114,6 +114,8 @@ def test_verdict_lines():
     assert verdict(5, 30, 5)["verdict"] == "worse"
     assert verdict(12, 10, 18)["verdict"] == "no measurable change"
     # a win bought with non-answers is not a win
+    # one answer more of 24 is noise, not a collapse
+    assert verdict(0, 2, 22, degenerate_before=1 / 24, degenerate_after=2 / 24)["verdict"] == "no measurable change"
     v = verdict(30, 5, 5, degenerate_before=0.0, degenerate_after=0.3)
     assert v["verdict"] == "worse (more non-answers)"
     assert "non-answers 0% -> 30%" in format_verdict(v)

@@ -91,8 +91,8 @@ def verdict(wins: int, losses: int, ties: int, *, alpha: float = 0.05, min_n: in
 
     ``improved`` / ``worse`` when the sign test on the decisive pairs gives p < ``alpha``;
     ``no measurable change`` otherwise; ``too few prompts`` under ``min_n`` prompts. A rise
-    of the non-answer rate by more than ``max_degeneracy_rise`` turns ``improved`` into
-    ``worse (degenerate)``: a collapse must not pass as a win."""
+    of the non-answer rate by more than ``max_degeneracy_rise`` (and by 2 answers or more) makes
+    it ``worse (more non-answers)``: a collapse must not pass as a win."""
     n = wins + losses + ties
     p = sign_test_p(wins, losses)
     low, high = wilson_interval(wins, wins + losses)
@@ -104,7 +104,8 @@ def verdict(wins: int, losses: int, ties: int, *, alpha: float = 0.05, min_n: in
         word = "no measurable change"
     if degenerate_before is not None and degenerate_after is not None:
         rise = degenerate_after - degenerate_before
-        if rise > max_degeneracy_rise:
+        # a rise of more than max_degeneracy_rise, and of at least 2 answers (one answer of a few is noise)
+        if rise > max_degeneracy_rise and rise * n >= 2 - 1e-9:
             word = "worse (more non-answers)"
     return {"verdict": word, "n": n, "wins": wins, "losses": losses, "ties": ties, "p_sign": p,
             "win_rate": wins / (wins + losses) if wins + losses else float("nan"),

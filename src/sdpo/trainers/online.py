@@ -631,10 +631,13 @@ class OnlineSDPOTrainer:
         return path
 
     # ------------------------------------------------------------------ summary
-    def _summary_generations(self):
+    def _summary_generations(self, when: str = "before"):
         if not self.cfg.summary_prompts:
             return None
         prompts = (self.val_prompts or self.prompts)[: self.cfg.summary_prompts]
+        self.accelerator.print(f"summary: greedy answers to {len(prompts)} {'held-out' if self.val_prompts else 'training'}"
+                               f" prompts {when} training (up to {self.cfg.summary_max_new_tokens} tokens) ...",
+                               flush=True)
         contexts = [fit_context(self.tokenizer, self.template, p.messages, self.cfg.max_context_tokens)[0]
                     for p in prompts]
         with policy_for_generation(self.model, self.accelerator) as policy:
@@ -711,7 +714,7 @@ class OnlineSDPOTrainer:
             if tracker is not None:
                 tracker.finish()
             raise TrainingInterrupted(f"stopped by {stop.signal} at step {self.step}")
-        after = self._summary_generations() if before is not None else None
+        after = self._summary_generations("after") if before is not None else None
         self.summary = self._write_summary(before, after, history)
         if tracker is not None:
             tracker.finish()
