@@ -48,17 +48,14 @@ def method_config(name: str):
 
 
 def mcnemar_p(a: list[bool], b: list[bool]) -> float:
-    """Exact two-sided McNemar p-value for paired correctness vectors."""
+    """Exact two-sided McNemar p-value for paired correctness vectors (a sign test on the changes)."""
+    from sdpo.judges.stats import sign_test_p
+
     if len(a) != len(b):
         raise ValueError("paired vectors differ in length")
     up = sum(1 for x, y in zip(a, b) if not x and y)
     down = sum(1 for x, y in zip(a, b) if x and not y)
-    n = up + down
-    if n == 0:
-        return 1.0
-    k = min(up, down)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return sign_test_p(up, down)
 
 
 def paired(a: list[bool], b: list[bool]) -> dict:
