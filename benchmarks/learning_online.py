@@ -354,6 +354,13 @@ def plot(out: Path, variants):
     personas = sorted({r["persona"] for r in rows})
     if not personas:
         return None
+    from sdpo.degeneracy import degeneracy_rate
+
+    bases = sorted(out.glob("base__*.json"))  # step 0: the base model's held-out non-answer rate
+    base_nonanswer = float("nan")
+    if bases:
+        answers = json.loads(bases[0].read_text())["answers"]
+        base_nonanswer = degeneracy_rate([p.text for p in load_split(len(answers))[0]], answers)
     fig, axes = plt.subplots(2, len(personas), figsize=(4.6 * len(personas), 7), squeeze=False)
     colours = {v: c for v, c in zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)}
     for j, persona in enumerate(personas):
@@ -369,7 +376,7 @@ def plot(out: Path, variants):
                 continue
             axes[0, j].plot([p[0] for p in pts], [p[1] for p in pts], style, color=colours[r["variant"]],
                             label=label, marker="o", ms=3)
-            pts = [(0, 0.0)] + [(c["step"], c["nonanswer_rate"]) for c in r["curve"]]
+            pts = [(0, base_nonanswer)] + [(c["step"], c["nonanswer_rate"]) for c in r["curve"]]
             axes[1, j].plot([p[0] for p in pts], [p[1] for p in pts], style, color=colours[r["variant"]],
                             label=label, marker="o", ms=3)
         axes[0, j].set_title(persona)
