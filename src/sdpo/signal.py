@@ -540,6 +540,11 @@ def prefix_sharing_unsupported(model, head_mode: str = "auto") -> str | None:
         return "head_mode='logits'"
     if lockstep_forwards(model) or _unwrap(model) is None:
         return "a distributed wrapper (its own forward, once per step)"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        # whether sharing pays depends on each rank's batch: ranks could run different numbers of forwards,
+        # and under ZeRO-3 every forward is a collective (a rank waiting for the others' forward aborts)
+        return "several processes (forwards must stay in lockstep across ranks)"
     split = _split_head(model)
     if split is None:
         return "the output head cannot be applied separately"
