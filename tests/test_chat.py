@@ -389,6 +389,9 @@ def test_chat_in_a_real_browser(tmp_path):
             page.wait_for_function("() => document.querySelectorAll('#sdpo-chatbot .message-row.bot-row').length >= 2",
                                    timeout=120_000)
             _wait_for_answers(run, 2)  # the second answer finished streaming (committed) before the server stops
+            # the panel may be re-rendered by the second answer's update: wait until its tokens are back
+            page.wait_for_function("() => document.querySelectorAll('#sdpo-signal span.tok').length > 0",
+                                   timeout=60_000)
             tokens = page.query_selector_all("#sdpo-signal span.tok")
             titles = [t.get_attribute("title") for t in tokens]
             styles = [t.get_attribute("style") for t in tokens]
