@@ -128,7 +128,7 @@ def test_learning_rate_note_matches_the_schedule():
 
 def test_line_progress_prints_whole_lines_each_tenth():
     out = io.StringIO()
-    bar = LineProgress(total=20, desc="work", unit="step", file=out, every_seconds=1e9)
+    bar = LineProgress(total=20, desc="work", unit="step", file=out, every_seconds=1e9, every_percent=10)
     for i in range(20):
         bar.set_postfix(i=i)
         bar.update(1)
@@ -137,6 +137,11 @@ def test_line_progress_prints_whole_lines_each_tenth():
     assert "\r" not in out.getvalue()
     assert [line.split()[1] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]
     assert lines[-1].startswith("work: 20/20 steps (100%)") and lines[-1].endswith("[i=19]")
+    # by default a quarter at a time (the evaluation loops); training loops ask for 10 %
+    out = io.StringIO()
+    for _ in LineProgress(range(200), desc="held-out", unit="batch", file=out, every_seconds=1e9):
+        pass
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["50/200", "100/200", "150/200", "200/200"]
     # without a total: by time only, and one line at the end
     out = io.StringIO()
     for _ in LineProgress(iter(range(5)), desc="n", file=out, every_seconds=1e9):

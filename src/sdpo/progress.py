@@ -3,7 +3,8 @@
 In a terminal our long loops show a tqdm bar. When stderr is a file or a pipe (a
 batch job's log, ``... 2>&1 | tee run.log``) a redrawn bar leaves hundreds of
 ``\\r`` frames in the file, so :func:`progress_bar` prints a plain line instead, each
-time another 10 % is done or a minute has passed, and one at the end.
+time another 25 % is done (10 % for training loops, whose lines carry the step's metrics)
+or a minute has passed, and one at the end.
 
 ``SDPO_PROGRESS=bar|lines|off`` overrides the choice.
 
@@ -56,7 +57,7 @@ class LineProgress:
     """
 
     def __init__(self, iterable=None, desc: str | None = None, total: int | None = None, *, unit: str = "it",
-                 initial: int = 0, file=None, disable: bool = False, every_percent: float = 10.0,
+                 initial: int = 0, file=None, disable: bool = False, every_percent: float = 25.0,
                  every_seconds: float = 60.0, only_if_slow: bool = False, **_tqdm_only):
         if total is None and iterable is not None:
             try:
@@ -450,7 +451,7 @@ def trainer_progress_callback(metrics_file: str | os.PathLike | None = None):
 
                     truncate_metrics(self.metrics_file, state.global_step)
             self.bar = progress_bar(total=state.max_steps or None, initial=state.global_step, desc="training",
-                                    unit="step", dynamic_ncols=True)
+                                    unit="step", dynamic_ncols=True, every_percent=10.0)
 
         # a step's line is drawn when its metrics are logged (the Trainer logs after on_step_end), or when the
         # next step begins for a step that logged nothing

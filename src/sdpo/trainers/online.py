@@ -697,7 +697,8 @@ class OnlineSDPOTrainer:
         if cfg.progress and acc.is_main_process:
             from sdpo.progress import progress_bar
 
-            bar = progress_bar(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step")
+            bar = progress_bar(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step",
+                               every_percent=10.0)
         self.model.train()
         stop = _StopRequest()
         try:
