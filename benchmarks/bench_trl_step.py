@@ -72,6 +72,10 @@ TRL settings (``SDPOConfig``), what we chose and why:
   activations in backward (more work for less memory); we compare equal work. Pass
   ``--trl-gradient-checkpointing`` to time TRL's default as well.
 
+Then one more round per side with wrappers on (not in the medians): ``split``, where each
+side's step spends its time (tokenisation, forwards with / without gradient, backward,
+gradient clipping, optimizer, the rest; host-sync calls counted; see ``_Split``).
+
 Printed: one JSON line with the median seconds per step of each side, ``ratio``
 (ours / TRL: below 1 means ours is faster; the issue's target is <= 0.8), every round's
 times, token counts (response tokens, student / teacher context tokens of each side and
@@ -113,6 +117,7 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the completions")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL with its config default gradient_checkpointing=True (recomputes activations)")
+    parser.add_argument("--no-split", action="store_true", help="skip the extra profiled round (the split)")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     for name in ("prompts", "max_new_tokens", "repeats"):
@@ -136,6 +141,112 @@ class _AutocastProbe:
 
     def result(self) -> str:
         return ",".join(sorted(self.seen)) or "not-run"
+
+
+class _Split:
+    """Where one step's time goes, measured in an extra, untimed round (the wrappers cost a little).
+
+    ``tokenize``: the tokenizer's ``__call__`` / ``encode`` / ``apply_chat_template`` / ``decode``;
+    ``body_forward_grad`` / ``_no_grad``: the decoder stack's forward with and without autograd
+    (student vs teacher); ``head_forward_*``: the output head (ours applies it to the response
+    positions in chunks, TRL's full forward to every position); ``backward``: ``Tensor.backward``; ``clip``: ``clip_grad_norm_``;
+    ``optimizer``: ``optimizer.step`` (+ ``zero_grad``); ``host_syncs``: calls of ``Tensor.item`` /
+    ``tolist`` / ``cpu`` / ``numpy`` (counted; on a CPU they wait for nothing, on a GPU each waits for the
+    queue); ``other``: the rest of the step (log-softmax over the vocabulary, padding, masks, the loss's
+    arithmetic, the Trainer's wrappers).
+    """
+
+    SYNC_METHODS = ("item", "tolist", "cpu", "numpy")
+
+    def __init__(self, model, tokenizer, optimizer):
+        self.model, self.tok, self.opt = model, tokenizer, optimizer
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def _add(self, key, dt):
+        self.seconds[key] = self.seconds.get(key, 0.0) + dt
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def _timed(self, key, fn):
+        def wrapper(*a, **kw):
+            if self._depth:  # nested (e.g. encode inside __call__): counted once, by the outer call
+                return fn(*a, **kw)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self._depth -= 1
+                self._add(key, time.perf_counter() - start)
+        return wrapper
+
+    def __enter__(self):
+        self._depth = 0
+        self._saved = []
+        for name in ("__call__", "encode", "apply_chat_template", "decode", "batch_decode"):
+            if hasattr(self.tok, name):
+                self._patch_instance(self.tok, name, "tokenize")
+        self._patch_instance(self.opt, "step", "optimizer")
+        self._patch_instance(self.opt, "zero_grad", "optimizer")
+        self._patch_attr(torch.Tensor, "backward", "backward")
+        self._patch_attr(torch.nn.utils, "clip_grad_norm_", "clip")
+        for name in self.SYNC_METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved.append((torch.Tensor, name, original, False))
+
+            def counted(t, *a, _orig=original, _name=name, **kw):
+                self.calls["host_syncs"] = self.calls.get("host_syncs", 0) + 1
+                return _orig(t, *a, **kw)
+            setattr(torch.Tensor, name, counted)
+        self._fwd_start = []
+
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(inner, inner.base_model_prefix)  # the decoder stack: both sides call it
+        head = inner.get_output_embeddings()  # ours applies it in chunks, TRL's full forward once
+        self._hooks = []
+        for module, key in ((body, "body"), (head, "head")):
+            def pre_k(module, args, _key=key):
+                self._fwd_start.append(time.perf_counter())
+
+            def post_k(module, args, output, _key=key):
+                elapsed = time.perf_counter() - self._fwd_start.pop()
+                if self._depth:  # recomputed inside backward (activation checkpointing): backward's time
+                    self.calls[f"{_key}_recomputed_in_backward"] = self.calls.get(
+                        f"{_key}_recomputed_in_backward", 0) + 1
+                    return
+                grad = "grad" if torch.is_grad_enabled() else "no_grad"
+                self._add(f"{_key}_forward_{grad}", elapsed)
+            self._hooks += [module.register_forward_pre_hook(pre_k), module.register_forward_hook(post_k)]
+        return self
+
+    def _patch_instance(self, obj, name, key):
+        original = getattr(obj, name)
+        had = name in vars(obj) if hasattr(obj, "__dict__") else False
+        setattr(obj, name, self._timed(key, original))
+        self._saved.append((obj, name, original if had else None, True))
+
+    def _patch_attr(self, owner, name, key):
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original, False))
+        timed = self._timed(key, original)
+        setattr(owner, name, timed)
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        for owner, name, original, instance in reversed(self._saved):
+            if instance and original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        return False
+
+    def result(self, total: float) -> dict:
+        out = {k: round(v, 4) for k, v in sorted(self.seconds.items())}
+        out["other"] = round(total - sum(self.seconds.values()), 4)
+        out["total"] = round(total, 4)
+        out["calls"] = dict(sorted(self.calls.items()))
+        return out
 
 
 def _left_pad(rows, pad_id, device):
@@ -286,6 +397,14 @@ def run(args: argparse.Namespace) -> dict:
                     losses[name].append(loss)
         for p in probes.values():
             p.handle.remove()
+        split = {}
+        if not args.no_split:  # one more round per side, untimed above, with the split's wrappers on
+            sides = {"ours": (ours, optimizer), "trl": (trl_model, trainer.optimizer)}
+            for name, (model, opt) in sides.items():
+                with _Split(model, tok, opt) as profile:
+                    start = time.perf_counter()
+                    steps[name]()
+                    split[name] = profile.result(time.perf_counter() - start)
 
     teacher_prompt_tokens = (batch["teacher_attention_mask"].sum(1) - batch["completion_mask"].sum(1)).tolist()
     row = {
@@ -304,6 +423,7 @@ def run(args: argparse.Namespace) -> dict:
         "trl_times_s": [round(t, 4) for t in times["trl"]],
         "ours_loss": [round(x, 5) for x in losses["ours"]],
         "trl_loss": [round(x, 5) for x in losses["trl"]],
+        "split": split,
         "response_tokens": sum(len(r) for r in responses),
         "response_tokens_per_row": [len(r) for r in responses],
         "responses_ended": sum(r[-1] == tok.eos_token_id for r in responses),

@@ -12,13 +12,13 @@ from sdpo.templates import SYSTEM_PROMPT_PRESETS
 def captured_contexts(monkeypatch):
     seen = []
 
-    def fake_generate(model, tok, contexts, **kwargs):
-        seen.extend(tok.decode(c) for c in contexts)
-        return [[tok.eos_token_id]] * len(contexts), ["ok"] * len(contexts)
+    def fake_generate(self, contexts, **kwargs):
+        seen.extend(self.tokenizer.decode(c) for c in contexts)
+        return [[self.tokenizer.eos_token_id]] * len(contexts), ["ok"] * len(contexts)
 
-    import sdpo.trainers.online as online
+    from sdpo.engines import Engine
 
-    monkeypatch.setattr(online, "generate", fake_generate)
+    monkeypatch.setattr(Engine, "generate_texts", fake_generate)  # every engine's answers pass through here
     return seen
 
 

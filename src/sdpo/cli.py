@@ -152,7 +152,7 @@ _GROUP_NAMES: dict[str, tuple[str, ...]] = {
                  "contrastive_followup", "selectivity_threshold", "kl_to_start", "remove_unused_columns", "scale_loss_by_accumulation"),
     "generation": ("max_new_tokens", "temperature", "top_p", "top_k", "num_generations", "generation_batch_size",
                    "template", "system_prompt", "max_context_tokens", "max_prompt_tokens", "max_prompt_length",
-                   "max_response_length", "append_eos", "eval_max_new_tokens"),
+                   "max_response_length", "append_eos", "eval_max_new_tokens", "generation_backend"),
     "simulator": ("simulate", "turns", "eval_every", "prompts"),
     "judge": ("oracle",),
     "vLLM": ("use_vllm",),

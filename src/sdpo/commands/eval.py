@@ -43,6 +43,11 @@ class EvalArguments:
     judge_timeout: float = field(default=60.0, metadata={"help": "API: seconds per try"})
     judge_retry_backoff: float = field(
         default=0.5, metadata={"help": "API: first wait before a retry, in seconds (doubles per retry, at most 8)"})
+    generation_backend: str = field(
+        default="transformers", metadata={"help": "engine of the answers and the local judge: transformers, "
+                                                  "ctranslate2 (CPU/CUDA, float32: the same greedy answers, faster), "
+                                                  "ctranslate2-int8 (faster, answers drift), vllm (GPU); "
+                                                  "sdpo.engines"})
     style: str | None = field(default=None, metadata={"help": "the user persona to judge for; default the run's "
                                                                  "(else concise_casual_beginner)"})
     eval_n: int = field(default=256, metadata={"help": "held-out prompts"})
@@ -111,7 +116,7 @@ def _judge(args: EvalArguments):
 
         try:
             return pairwise.LocalJudge(args.style, model=args.judge_model or "smollm2-135m",
-                                       answer_check=args.judge_answer_check)
+                                       answer_check=args.judge_answer_check, backend=args.generation_backend)
         except ModelLoadError as err:  # --baseline may name the same model: say which option failed
             raise ModelLoadError(f"--judge_model: {err}") from None
     if args.judge in ("claude", "openai"):
@@ -139,6 +144,12 @@ def run(args: EvalArguments) -> int:
         raise UsageError("--run_dir and --data_path are required")
     settings = resolve_run_settings(args) if Path(args.run_dir).is_dir() else []
     persona_description(args.style or "concise_casual_beginner")
+    from sdpo.engines import check_backend
+
+    try:
+        check_backend(args.generation_backend)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if args.judge_concurrency < 1 or args.judge_max_retries < 0:
         raise UsageError("--judge_concurrency must be >= 1 and --judge_max_retries >= 0")
     if not args.judge_timeout > 0 or args.judge_retry_backoff < 0:
@@ -164,11 +175,13 @@ def run(args: EvalArguments) -> int:
     rows = evaluate(checkpoints, args.baseline, prompts, judge, GenerationCache(out / "generations"),
                     max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     oracle_style=args.style if args.oracle else None, state=state,
-                    judgments_dir=out / "judgments", system_prompt=args.system_prompt)
+                    judgments_dir=out / "judgments", system_prompt=args.system_prompt,
+                    backend=args.generation_backend)
     if rows is None:  # a helper process: its share of the generations is done
         return 0
     meta = {"baseline": args.baseline, "judge": args.judge, "judge_model": args.judge_model, "style": args.style,
-            "eval_n": len(prompts), "seed": args.seed, "judge_stats": judge.stats.as_dict()}
+            "eval_n": len(prompts), "seed": args.seed, "judge_stats": judge.stats.as_dict(),
+            "generation_backend": args.generation_backend}
     if hasattr(judge, "client"):
         meta["judge_endpoint"] = judge.client.endpoint
     write_results(rows, out, meta)

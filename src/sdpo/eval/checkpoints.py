@@ -51,17 +51,20 @@ class GenerationCache:
 
 def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_tokens: int, max_prompt_tokens: int,
                 system_prompt: str | None = None, persona: str | None = None, loader=None,
-                state=None, label: str | None = None) -> list[str]:
+                state=None, label: str | None = None, backend: str = "transformers") -> list[str]:
     """Greedy answers, from the cache where present; the model is loaded only if something is missing.
 
     With a ``label`` the main process prints one line saying what is generated (or cached)
-    and shows a progress bar while generating.
+    and shows a progress bar while generating. ``backend`` is the generation engine
+    (:mod:`sdpo.engines`); answers from another engine than transformers are cached apart.
 
     With an accelerate ``state`` of several processes, each process generates its share
     of the missing answers; all shares are gathered and the main process writes the cache.
     """
     cached = cache.load(model_id)
-    keys = [_key(model_id + (system_prompt or "") + (persona or ""), p.text, max_new_tokens) for p in prompts]
+    engine_tag = "" if backend == "transformers" else f"@{backend}"  # greedy answers may differ between engines
+    keys = [_key(model_id + (system_prompt or "") + (persona or "") + engine_tag, p.text, max_new_tokens)
+            for p in prompts]
     missing = [i for i, k in enumerate(keys) if k not in cached]
     world = state.num_processes if state is not None else 1
     mine = missing[state.process_index :: world] if world > 1 else missing
@@ -73,27 +76,24 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
               f"{label}: generating {len(missing)} of {len(prompts)} answers" + (f" ({done} cached)" if done else "")
               + (f" on {world} processes" if world > 1 else ""), flush=True)
     if mine:
-        import torch
-
-        from sdpo.models import load_model
         import dataclasses
 
+        from sdpo.engines import TransformersEngine, open_engine
         from sdpo.templates import fit_context, get_template
-        from sdpo.trainers.online import generate
 
-        if loader is None:
-            device = str(state.device) if state is not None else "auto"
-            model, tok = load_model(model_id, device=device)
-        else:
+        device = str(state.device) if state is not None else "auto"
+        if loader is not None:
             model, tok = loader(model_id)
-        model.eval()
+            engine = TransformersEngine(model.eval(), tok, batch_size=8)
+        else:
+            engine = open_engine(backend, model_id, device=device)
+            tok = engine.tokenizer
         template = get_template(system_prompt=system_prompt)  # a preset (tldr, general) or the text
         if persona:  # the oracle: the persona added to the task's system prompt, as the reference
             task = template.system_prompt
             template = dataclasses.replace(
                 template, system_prompt=(task + "\n" if task else "")
                 + PERSONA_SYSTEM_PREFIX + persona)
-        device = next(model.parameters()).device
         from sdpo.progress import progress_bar
 
         bar = progress_bar(total=len(mine), desc=f"generate {label or model_id}"[:60], unit="answer",
@@ -101,8 +101,7 @@ def answers_for(model_id: str, prompts, cache: GenerationCache, *, max_new_token
         for start in range(0, len(mine), 8):
             chunk = mine[start : start + 8]
             ctx = [fit_context(tok, template, prompts[i].messages, max_prompt_tokens)[0] for i in chunk]
-            _, texts = generate(model, tok, ctx, max_new_tokens=max_new_tokens, temperature=0.0,
-                                device=device if isinstance(device, torch.device) else torch.device(device))
+            _, texts = engine.generate_texts(ctx, max_new_tokens=max_new_tokens, temperature=0.0)
             for i, text in zip(chunk, texts):
                 produced[keys[i]] = text
             bar.update(len(chunk))
@@ -148,7 +147,8 @@ def find_checkpoints(run_dir: str, steps: list[int] | None) -> list[tuple[str, P
 
 def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache, *, max_new_tokens=256,
              max_prompt_tokens=1024, oracle_style: str | None = None, loader=None, state=None,
-             judgments_dir: str | Path | None = None, system_prompt: str | None = None) -> list[dict] | None:
+             judgments_dir: str | Path | None = None, system_prompt: str | None = None,
+             backend: str = "transformers") -> list[dict] | None:
     """Win-rate rows (on the main process; other processes only help generate and get None).
 
     With ``judgments_dir`` the judge's replies are cached there (see :meth:`Judge.use_cache`).
@@ -163,7 +163,7 @@ def evaluate(checkpoints, baseline: str, prompts, judge, cache: GenerationCache,
         try:
             return answers_for(model_id, prompts, cache, max_new_tokens=max_new_tokens,
                                max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, persona=persona,
-                               loader=loader, state=state, label=label)
+                               loader=loader, state=state, label=label, backend=backend)
         except ModelLoadError as err:  # say which model failed: --baseline and --judge_model may name the same id
             raise ModelLoadError(f"{option}: {err}") from None
 

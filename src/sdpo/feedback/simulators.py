@@ -266,12 +266,21 @@ class StyleUserSimulator(UserSimulator):
     batch_size: int = 16
     sampler: object = None  # None: sdpo.generation.hf_generate; any function with its signature
     max_context_tokens: int = 2048  # the simulator's prompt (instructions + conversation + answer)
+    backend: str = "transformers"  # the generation engine (sdpo.engines); others load the model by name
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_context_tokens < 1:
             raise ValueError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
-        if self.model is None or isinstance(self.model, str):
+        if self.backend != "transformers":
+            from sdpo.engines import open_engine
+
+            if self.model is not None and not isinstance(self.model, str):
+                raise ValueError(f"simulator backend {self.backend} loads the simulator model by name; pass its "
+                                 "name, not a loaded model")
+            engine = open_engine(self.backend, self.model or "smollm2-135m", option="--simulator_backend")
+            self.model, self.tokenizer, self.sampler = None, engine.tokenizer, engine.as_sampler()
+        elif self.model is None or isinstance(self.model, str):
             from sdpo.models import load_model
 
             self.model, self.tokenizer = load_model(self.model or "smollm2-135m")

@@ -225,35 +225,38 @@ class LocalJudge(Judge):
     model: object = None
     tokenizer: object = None
     batch_size: int = 8
+    backend: str = "transformers"  # the generation engine (sdpo.engines); others load the model by name
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from sdpo.engines import TransformersEngine, open_engine
+
         self._model_id = None
         if self.model is None or isinstance(self.model, str):
-            from sdpo.models import load_model
-
             self._model_id = self.model or "smollm2-135m"
-            self.model, self.tokenizer = load_model(self._model_id)
+            self.engine = open_engine(self.backend, self._model_id, option="judge backend")
+            self.model, self.tokenizer = getattr(self.engine, "model", None), self.engine.tokenizer
+        elif self.backend != "transformers":
+            raise ValueError(f"judge backend {self.backend} loads the judge model by name; pass its name, "
+                             "not a loaded model")
+        else:
+            self.engine = TransformersEngine(self.model, self.tokenizer, batch_size=self.batch_size)
 
     @property
     def cache_id(self) -> str | None:  # a model given by name is the same judge next time
-        return f"local:{self._model_id}:greedy:8" if self._model_id else None
+        if not self._model_id:
+            return None
+        return f"local:{self._model_id}:greedy:8" + ("" if self.backend == "transformers" else f":{self.backend}")
 
     def _replies(self, prompts, a, b):
-        import torch
-
         from sdpo.templates import render_context
-        from sdpo.trainers.online import generate
 
         texts = [self.prompt_for(p, x, y) for p, x, y in zip(prompts, a, b)]
         out = []
-        device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
             ctx = [render_context(self.tokenizer, [{"role": "user", "content": t}])
                    for t in texts[start : start + self.batch_size]]
-            _, replies = generate(self.model, self.tokenizer, ctx, max_new_tokens=8, temperature=0.0,
-                                  device=device if isinstance(device, torch.device) else torch.device(device))
-            out += replies
+            out += self.engine.generate_texts(ctx, max_new_tokens=8, temperature=0.0)[1]
         return out
 
 

@@ -62,6 +62,9 @@ class OnlineSDPOConfig:
     simulator_model: str | None = field(
         default=None, metadata={"help": "local: model to play the user (default the policy's); API: model name"}
     )
+    simulator_backend: str = field(
+        default="transformers", metadata={"help": "local: its generation engine (transformers, ctranslate2, "
+                                                  "ctranslate2-int8, vllm; sdpo.engines), loading the model by name"})
     simulator_base_url: str | None = field(default=None, metadata={"help": "API base URL (openai: e.g. vLLM)"})
     simulator_concurrency: int = field(default=8, metadata={"help": "concurrent API requests"})
     simulator_max_retries: int = field(default=6, metadata={"help": "API: retries after the first try of a request"})
@@ -211,6 +214,9 @@ class OnlineSDPOConfig:
         from sdpo.vllm_backend import check_options
 
         check_options(self)  # vllm_* options; with use_vllm: vLLM installed, CUDA for colocate
+        from sdpo.engines import check_backend
+
+        check_backend(self.simulator_backend, "--simulator_backend")
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / "sdpo-online" / time.strftime("%Y%m%d-%H%M%S"))
         from sdpo import rundir
@@ -240,6 +246,9 @@ def build_simulator(cfg: OnlineSDPOConfig, policy=None, tokenizer=None):
             kwargs["max_new_tokens"] = cfg.simulator_max_new_tokens
         from transformers.integrations import is_deepspeed_zero3_enabled
 
+        if cfg.simulator_backend != "transformers":  # an engine loads the model by name (frozen by construction)
+            return sims.StyleUserSimulator(cfg.style, model=cfg.simulator_model or cfg.model_name_or_path,
+                                           backend=cfg.simulator_backend, **kwargs)
         if cfg.simulator_model in (None, cfg.model_name_or_path) and policy is not None \
                 and not is_deepspeed_zero3_enabled():
             import copy
