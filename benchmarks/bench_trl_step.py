@@ -118,6 +118,8 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL with its config default gradient_checkpointing=True (recomputes activations)")
     parser.add_argument("--no-split", action="store_true", help="skip the extra profiled round (the split)")
+    parser.add_argument("--torch-profile", type=int, default=0, metavar="N",
+                        help="one more round per side under torch.profiler: its N operators with the most self time")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     for name in ("prompts", "max_new_tokens", "repeats"):
@@ -405,6 +407,16 @@ def run(args: argparse.Namespace) -> dict:
                     start = time.perf_counter()
                     steps[name]()
                     split[name] = profile.result(time.perf_counter() - start)
+        top_ops = {}
+        if args.torch_profile:  # and one more under torch.profiler: the operators that take the time
+            from torch.profiler import ProfilerActivity, profile as torch_profile
+
+            for name in steps:
+                with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                    steps[name]()
+                top_ops[name] = [
+                    {"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 4), "calls": e.count}
+                    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.torch_profile]]
 
     teacher_prompt_tokens = (batch["teacher_attention_mask"].sum(1) - batch["completion_mask"].sum(1)).tolist()
     row = {
@@ -424,6 +436,7 @@ def run(args: argparse.Namespace) -> dict:
         "ours_loss": [round(x, 5) for x in losses["ours"]],
         "trl_loss": [round(x, 5) for x in losses["trl"]],
         "split": split,
+        "top_ops": top_ops,
         "response_tokens": sum(len(r) for r in responses),
         "response_tokens_per_row": [len(r) for r in responses],
         "responses_ended": sum(r[-1] == tok.eos_token_id for r in responses),

@@ -591,12 +591,41 @@ def _cache_layers(cache):
     return layers
 
 
+def _continuation(part, pad_token_id: int):
+    """``[(prefix index, suffix ids, response ids)]`` -> ids and mask laid out as [suffix left-padded to
+    the longest][response right-padded], with the suffix width."""
+    s_len = max(len(s) for _, s, _ in part)
+    r_len = max(len(r) for _, _, r in part)
+    c_ids = torch.full((len(part), s_len + r_len), pad_token_id, dtype=torch.long)
+    c_mask = torch.zeros((len(part), s_len + r_len), dtype=torch.long)
+    for i, (_, s, r) in enumerate(part):
+        c_ids[i, s_len - len(s) : s_len] = torch.tensor(s, dtype=torch.long)
+        c_ids[i, s_len : s_len + len(r)] = torch.tensor(r, dtype=torch.long)
+        c_mask[i, s_len - len(s) : s_len + len(r)] = 1
+    return c_ids, c_mask, s_len, r_len
+
+
+def _response_logprobs(hidden, c_ids, c_mask, s_len, r_len, device, chunk_tokens, head, softcap, head_fp32):
+    """Log-probs of the response tokens from the continuation's hidden states (flat, row after row)."""
+    target_mask = c_mask[:, s_len:].bool().to(device)
+    hidden = hidden[:, s_len - 1 : s_len - 1 + r_len][target_mask]
+    targets = c_ids.to(device)[:, s_len:][target_mask]
+    return _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap, head_fp32)
+
+
 def _prefix_group(model, prefixes, rows, *, pad_token_id: int, chunk_tokens: int, head_fp32: bool,
                   grad_rows: set[int]) -> list[torch.Tensor]:
-    """One micro-batch: one forward of ``prefixes`` (left-padded, with a cache), then the
-    continuation ``rows`` = ``[(prefix index, suffix ids, response ids)]`` on that cache: rows
-    in ``grad_rows`` in one forward under the caller's autograd mode, the others in one
-    forward under no_grad on the detached cache. Log-probs of each row's response."""
+    """One micro-batch of prefixes and their continuation ``rows`` = ``[(prefix index, suffix ids,
+    response ids)]``; returns the log-probs of each row's response.
+
+    Without gradient rows: one forward of ``prefixes`` (left-padded, with a cache), then every row in
+    one continuation forward on that cache, under no_grad. With one gradient row per prefix (the
+    student's, ``grad_first``): that row runs as one ordinary forward of prefix + suffix + response
+    under the caller's autograd mode (the same graph, and the same backward, as scoring it alone), and
+    the prefix columns of its cache, detached, serve the other rows' continuation under no_grad. (Sharing
+    the prefix with the student too, i.e. a prefix forward with gradient and a continuation with
+    gradient, saves nothing for the student and splits its graph: measured 1.04x / 1.01x slower on the
+    TL;DR / long offline shapes in float32; ``benchmarks/RESULTS.md``.)"""
     body, head, softcap = _split_head(model)
     device = _model_device(model)
     n, width = len(prefixes), max(len(p) for p in prefixes)
@@ -606,53 +635,53 @@ def _prefix_group(model, prefixes, rows, *, pad_token_id: int, chunk_tokens: int
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p) :] = 1
     lens = mask.sum(-1)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     from transformers.cache_utils import DynamicCache
 
     cache = DynamicCache(config=getattr(_unwrap(model), "config", None))
     cache_kw = {_cache_keyword(body): cache}
-    with torch.set_grad_enabled(torch.is_grad_enabled() and bool(grad_rows)):
-        body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-             use_cache=True, **cache_kw)
-    layers = _cache_layers(cache)
-    prefix_kv = [(layer.keys, layer.values) for layer in layers]
     results: list[torch.Tensor | None] = [None] * len(rows)
-    plain = [k for k in range(len(rows)) if k not in grad_rows]
-    for members, with_grad in ((plain, False), (sorted(grad_rows), True)):
-        if not members:
-            continue
-        part = [rows[k] for k in members]
-        s_len = max(len(s) for _, s, _ in part)
-        r_len = max(len(r) for _, _, r in part)
-        m = len(part)
-        c_ids = torch.full((m, s_len + r_len), pad_token_id, dtype=torch.long)
-        c_mask = torch.zeros((m, s_len + r_len), dtype=torch.long)
-        for i, (_, s, r) in enumerate(part):
-            c_ids[i, s_len - len(s) : s_len] = torch.tensor(s, dtype=torch.long)
-            c_ids[i, s_len : s_len + len(r)] = torch.tensor(r, dtype=torch.long)
-            c_mask[i, s_len - len(s) : s_len + len(r)] = 1
+    grad = sorted(grad_rows)
+    student_first = bool(grad) and torch.is_grad_enabled()
+    if student_first:
+        if [rows[k][0] for k in grad] != list(range(n)):
+            raise ValueError("gradient rows must be one per prefix, in prefix order")
+        part = [rows[k] for k in grad]
+        c_ids, c_mask, s_len, r_len = _continuation(part, pad_token_id)
+        full_ids, full_mask = torch.cat([ids, c_ids], dim=1), torch.cat([mask, c_mask], dim=1)
+        hidden = body(input_ids=full_ids.to(device), attention_mask=full_mask.to(device),
+                      position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True,
+                      **cache_kw).last_hidden_state
+        flat = _response_logprobs(hidden[:, width:], c_ids, c_mask, s_len, r_len, device, chunk_tokens, head,
+                                  softcap, head_fp32)
+        for k, lp in zip(grad, flat.split([len(r) for _, _, r in part])):
+            results[k] = lp
+        layers = _cache_layers(cache)
+        for layer in layers:  # keep the prefix columns only, off the graph
+            layer.keys, layer.values = layer.keys[:, :, :width].detach(), layer.values[:, :, :width].detach()
+    else:
+        with torch.no_grad():
+            body(input_ids=ids.to(device), attention_mask=mask.to(device),
+                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, **cache_kw)
+        layers = _cache_layers(cache)
+    prefix_kv = [(layer.keys, layer.values) for layer in layers]
+    plain = [k for k in range(len(rows)) if k not in grad_rows] if student_first else list(range(len(rows)))
+    if plain:
+        part = [rows[k] for k in plain]
+        c_ids, c_mask, s_len, r_len = _continuation(part, pad_token_id)
         index = torch.tensor([p for p, _, _ in part], dtype=torch.long)
         c_pos = (lens[index][:, None] + c_mask.cumsum(-1) - 1).clamp(min=0)
         full_mask = torch.cat([mask[index], c_mask], dim=1)
-        same_rows = m == n and bool((index == torch.arange(n)).all())
+        same_rows = len(part) == n and bool((index == torch.arange(n)).all())
         dev_index = index.to(device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and with_grad):
+        with torch.no_grad():
             for layer, (k, v) in zip(layers, prefix_kv):
-                if not with_grad:
-                    k, v = k.detach(), v.detach()
                 layer.keys, layer.values = (k, v) if same_rows else (k.index_select(0, dev_index),
                                                                       v.index_select(0, dev_index))
-            try:
-                hidden = body(input_ids=c_ids.to(device), attention_mask=full_mask.to(device),
-                              position_ids=c_pos.to(device), use_cache=True, **cache_kw).last_hidden_state
-            finally:
-                for layer, (k, v) in zip(layers, prefix_kv):  # the prefix's own tensors for the next branch
-                    layer.keys, layer.values = k, v
-            target_mask = c_mask[:, s_len:].bool().to(device)
-            hidden = hidden[:, s_len - 1 : s_len - 1 + r_len][target_mask]
-            targets = c_ids.to(device)[:, s_len:][target_mask]
-            flat = _chunked(_chunk_logprobs, hidden, targets, chunk_tokens, head, softcap, head_fp32)
-        for k, lp in zip(members, flat.split([len(r) for _, _, r in part])):
+            hidden = body(input_ids=c_ids.to(device), attention_mask=full_mask.to(device),
+                          position_ids=c_pos.to(device), use_cache=True, **cache_kw).last_hidden_state
+            flat = _response_logprobs(hidden, c_ids, c_mask, s_len, r_len, device, chunk_tokens, head, softcap,
+                                      head_fp32)
+        for k, lp in zip(plain, flat.split([len(r) for _, _, r in part])):
             results[k] = lp
     return results  # type: ignore[return-value]
 
