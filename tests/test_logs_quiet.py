@@ -137,7 +137,7 @@ def test_line_progress_prints_whole_lines_each_tenth():
     assert "\r" not in out.getvalue()
     assert [line.split()[1] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]
     assert lines[-1].startswith("work: 20/20 steps (100%)") and lines[-1].endswith("[i=19]")
-    # by default a quarter at a time (the evaluation loops); training loops ask for 10 %
+    # by default a quarter at a time (the evaluation loops); training loops ask for 20 %
     out = io.StringIO()
     for _ in LineProgress(range(200), desc="held-out", unit="batch", file=out, every_seconds=1e9):
         pass

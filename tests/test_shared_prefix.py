@@ -88,6 +88,35 @@ def test_several_branches_and_no_common_prefix(tokenizer):
             assert (lp.double() - reference_logprobs(model, c, r)).abs().max().item() < 5e-6
 
 
+def test_student_gradient_is_exact_with_several_teachers(tokenizer):
+    """grad_first with three contexts per item (the contrastive signal's student, teacher and o0-teacher):
+    the student runs as one forward whose prefix cache serves both teachers; every score and the
+    student's gradient equal the float64 full forwards'."""
+    model = _model64(tokenizer, seed=6).train()
+    ref = _model64(tokenizer, seed=6).train()
+    rng = random.Random(6)
+    ids = lambda: list(tokenizer(random_text(rng, 5, 30), add_special_tokens=False)["input_ids"])  # noqa: E731
+    contexts, responses = [], []
+    for _ in range(3):
+        base = ids()
+        contexts.append([base + ids(), base + ids() + ids(), base + ids()])
+        responses.append(ids())
+    out = shared_prefix_logprobs(model, contexts, responses, pad_token_id=tokenizer.pad_token_id,
+                                 grad_first=True, chunk_tokens=5)
+    assert all(o[0].requires_grad and not o[1].requires_grad and not o[2].requires_grad for o in out)
+    weights = [torch.linspace(-1, 1, len(r), dtype=torch.float64) for r in responses]
+    sum((w * o[0].double()).sum() for w, o in zip(weights, out)).backward()
+    sum((w * reference_logprobs(ref, cs[0], r)).sum() for w, cs, r in zip(weights, contexts, responses)).backward()
+    with torch.no_grad():
+        for cs, r, o in zip(contexts, responses, out):
+            for c, lp in zip(cs, o):
+                assert (lp.double() - reference_logprobs(ref, c, r)).abs().max().item() < 5e-6
+    params = dict(model.named_parameters())
+    for name, p in ref.named_parameters():
+        scale = p.grad.abs().max().item() + 1e-12
+        assert (params[name].grad - p.grad).abs().max().item() / scale < 1e-5, name
+
+
 def test_student_gradient_is_exact(tokenizer):
     """student_grad=True: the student keeps its full gradient path (the prefix forward is in the
     graph), the teacher has none; gradients equal the full-forward float64 reference."""

@@ -34,7 +34,7 @@ def test_overrides_win_in_order():
 
 def test_the_line_says_what_was_chosen():
     line = threads.choose(environ={}, cores=2, load=1.7).line()
-    assert line.startswith("threads: 1 (chosen: 2 cores, load 1.7") and "OMP_WAIT_POLICY=PASSIVE" in line
+    assert line.startswith("threads: 1 (chosen: 2 cores, 1.7 busy") and "OMP_WAIT_POLICY=PASSIVE" in line
     assert "from --num_threads" in threads.choose(flag=2, environ={}, cores=2).line()
 
 
@@ -84,3 +84,22 @@ def test_bad_thread_count_is_one_error_line(capsys):
 
     assert main(["signal", "--num_threads", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "sdpo signal: error: --num_threads: must be a whole number >= 1, got -1"
+
+
+def test_busy_cores_are_counted_now_not_by_the_lagging_load_average(tmp_path, monkeypatch):
+    """The other runnable processes now (procs_running minus this one), averaged over the reads; the
+    1-minute load average only where /proc/stat cannot be read."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
+    assert threads.running_now(samples=3, interval=0, stat_path=str(stat)) == 2.0
+    assert threads.running_now(samples=2, interval=0, stat_path=str(tmp_path / "missing")) is None
+    stat.write_text("cpu  1 2 3\n")
+    assert threads.running_now(samples=1, interval=0, stat_path=str(stat)) is None
+    # a pipeline's previous command just ended: the load average still says 1, nothing runs now
+    monkeypatch.setattr(threads, "running_now", lambda: 0.0)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert threads.choose(environ={}, cores=2).threads == 2
+    monkeypatch.setattr(threads, "running_now", lambda: 1.0)  # another process computes now
+    assert threads.choose(environ={}, cores=2).threads == 1
+    monkeypatch.setattr(threads, "running_now", lambda: None)  # no /proc/stat: the load average
+    assert threads.choose(environ={}, cores=2).threads == 1

@@ -3,7 +3,7 @@
 In a terminal our long loops show a tqdm bar. When stderr is a file or a pipe (a
 batch job's log, ``... 2>&1 | tee run.log``) a redrawn bar leaves hundreds of
 ``\\r`` frames in the file, so :func:`progress_bar` prints a plain line instead, each
-time another 25 % is done (10 % for training loops, whose lines carry the step's metrics)
+time another 25 % is done (20 % for training loops, whose lines carry the step's metrics)
 or a minute has passed, and one at the end.
 
 ``SDPO_PROGRESS=bar|lines|off`` overrides the choice.
@@ -451,7 +451,7 @@ def trainer_progress_callback(metrics_file: str | os.PathLike | None = None):
 
                     truncate_metrics(self.metrics_file, state.global_step)
             self.bar = progress_bar(total=state.max_steps or None, initial=state.global_step, desc="training",
-                                    unit="step", dynamic_ncols=True, every_percent=10.0)
+                                    unit="step", dynamic_ncols=True, every_percent=20.0)
 
         # a step's line is drawn when its metrics are logged (the Trainer logs after on_step_end), or when the
         # next step begins for a step that logged nothing

@@ -6,8 +6,12 @@ loaded 2-core machine one online SDPO step took 331 s with the default and 27 s 
 (issue 27). So the ``sdpo`` command chooses, before torch is imported:
 
 - ``OMP_NUM_THREADS``: the cores this process may use (``sched_getaffinity``, capped by a cgroup CPU
-  quota) minus those busy with other work (the 1-minute load average), at least 1; divided among the
-  processes of a launch on this machine (``LOCAL_WORLD_SIZE``);
+  quota) minus those busy with other work now, at least 1; divided among the processes of a launch on
+  this machine (``LOCAL_WORLD_SIZE``). "Now" is the number of other runnable processes, read from
+  ``/proc/stat`` ten times over 0.1 s (:func:`running_now`); the 1-minute load average, which still
+  counts a process that ended seconds ago (the previous command of a pipeline such as ``make demo``,
+  which made every next command single-threaded on a quiet 2-core machine), is the fallback where
+  ``/proc/stat`` is not readable;
 - ``OMP_WAIT_POLICY=PASSIVE``: an idle OpenMP thread sleeps instead of spinning, so waiting threads do
   not take the cores the working ones need.
 
@@ -30,13 +34,13 @@ class ThreadChoice:
     threads: int
     source: str  # "flag", "SDPO_NUM_THREADS", "OMP_NUM_THREADS" or "auto"
     cores: int  # cores this process may use
-    load: float | None  # 1-minute load average when chosen automatically
+    load: float | None  # other runnable processes now (or the 1-minute load average) when chosen automatically
     wait_policy: str
     per_process_of: int = 1  # processes of a launch sharing the cores
 
     def line(self) -> str:
         if self.source == "auto":
-            busy = f"load {self.load:.1f}" if self.load is not None else "load unknown"
+            busy = f"{self.load:.1f} busy" if self.load is not None else "load unknown"
             why = f"{self.cores} core{'s' if self.cores != 1 else ''}, {busy}"
             if self.per_process_of > 1:
                 why += f", {self.per_process_of} processes"
@@ -85,6 +89,26 @@ def _positive_int(value) -> int | None:
     return n if n >= 1 else None
 
 
+def running_now(samples: int = 10, interval: float = 0.01, stat_path: str = "/proc/stat") -> float | None:
+    """Mean number of runnable processes other than this one, over ``samples`` reads of ``procs_running``
+    (None where the file cannot be read)."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open(stat_path, encoding="ascii") as f:
+                running = next((int(line.split()[1]) for line in f if line.startswith("procs_running ")), None)
+        except (OSError, ValueError, IndexError):
+            return None
+        if running is None:
+            return None
+        counts.append(max(0, running - 1))  # this process is running while it reads
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sum(counts) / len(counts)
+
+
 def choose(flag: int | None = None, environ=None, cores: int | None = None, load: float | None = None) -> ThreadChoice:
     """The thread count and wait policy for this process (see the module doc); changes nothing."""
     environ = os.environ if environ is None else environ
@@ -96,6 +120,8 @@ def choose(flag: int | None = None, environ=None, cores: int | None = None, load
         n = _positive_int(environ.get(name))
         if n is not None:
             return ThreadChoice(n, name, cores, None, policy)
+    if load is None:
+        load = running_now()
     if load is None:
         try:
             load = os.getloadavg()[0]

@@ -383,7 +383,7 @@ def train_policy(args: TrainArguments) -> Path:
     log = open(out / "metrics.jsonl", "w")
     skipped = 0
     opt.zero_grad(set_to_none=True)
-    bar = progress_bar(range(args.max_steps), desc=f"{args.method} training", unit="step", every_percent=10.0)
+    bar = progress_bar(range(args.max_steps), desc=f"{args.method} training", unit="step", every_percent=20.0)
     for step in bar:
         batch = [examples[i] for i in next(batches)]
         z = torch.tensor([b["z"] for b in batch], dtype=torch.float32, device=model.device)

@@ -707,7 +707,7 @@ class OnlineSDPOTrainer:
             from sdpo.progress import progress_bar
 
             bar = progress_bar(total=self.max_steps, initial=self.step, desc="online SDPO", unit="step",
-                               every_percent=10.0)
+                               every_percent=20.0)
         self.model.train()
         stop = _StopRequest()
         try:
