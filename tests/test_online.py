@@ -159,8 +159,14 @@ def test_two_step_run_checkpoints_and_resume(prompts_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "online SDPO: 2 steps" in out
     for name in ("checkpoint-1/model.safetensors", "checkpoint-1/accelerate_state", "checkpoint-2/tokenizer.json",
-                 "metrics.jsonl", "summary.json"):
+                 "metrics.jsonl", "summary.json", "summary_answers.jsonl"):
         assert (straight / name).exists(), name
+    answers = [json.loads(line) for line in (straight / "summary_answers.jsonl").read_text().splitlines()]
+    summary = json.loads((straight / "summary.json").read_text())
+    assert len(answers) == summary["rule_judge_wins"] + summary["rule_judge_losses"] + summary["rule_judge_ties"]
+    assert [a["rule_judge_after_vs_before"] for a in answers].count("win") == summary["rule_judge_wins"]
+    assert {"prompt", "before", "after", "nonanswer_before", "nonanswer_after"} <= set(answers[0])
+    assert "every held-out answer before/after" in out
     steps = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == [1, 2]
     for key in ("loss", "signal_abs_mean", "response_tokens_mean", "followup_words_mean", "simulator/seconds",

@@ -859,6 +859,15 @@ class OnlineSDPOTrainer:
                                          degenerate_before=summary["heldout_nonanswer_before"],
                                          degenerate_after=summary["heldout_nonanswer_after"])
             summary["examples"] = [{"prompt": p, "before": x, "after": y} for p, x, y in zip(prompts, b, a)][:3]
+            if self.accelerator.is_main_process:  # every answer, to read (the summary shows one)
+                from sdpo.data.io import write_jsonl
+                from sdpo.degeneracy import non_answer_reason
+
+                answers_file = Path(self.cfg.output_dir, "summary_answers.jsonl")
+                write_jsonl(({"prompt": p, "before": x, "after": y, "rule_judge_after_vs_before": o,
+                              "nonanswer_before": non_answer_reason(p, x), "nonanswer_after": non_answer_reason(p, y)}
+                             for p, x, y, o in zip(prompts, b, a, outcomes)), answers_file)
+                summary["answers_file"] = str(answers_file)
         if self.accelerator.is_main_process:
             Path(self.cfg.output_dir, "summary.json").write_text(json.dumps(json_safe(summary), indent=1,
                                                                                 ensure_ascii=False))
@@ -929,6 +938,8 @@ def format_summary(summary: dict) -> str:
         from sdpo.judges.stats import format_verdict
 
         lines.append(format_verdict(summary["verdict"], what="trained vs initial, rule judge, held-out greedy"))
+    if summary.get("answers_file"):
+        lines.append(f"  every held-out answer before/after, with the judge's outcome: {summary['answers_file']}")
     return "\n".join(lines)
 
 
