@@ -43,10 +43,10 @@ install: $(STAMP)
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
-	mkdir -p data/demo/everyday
-	head -n 200 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/heldout.jsonl
-	tail -n +201 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/train.jsonl
-	rm -rf $(DEMO_DIR)
+	@mkdir -p data/demo/everyday
+	@head -n 200 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/heldout.jsonl
+	@tail -n +201 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/train.jsonl
+	@rm -rf $(DEMO_DIR) $(DEMO_DIR)-additions
 	$(BIN)/sdpo train-online --train_jsonl data/demo/everyday/train.jsonl --val_jsonl data/demo/everyday/heldout.jsonl \
 	  --simulator rule --style concise_casual_beginner --contrastive_followup matched --max_steps 12 --save_steps 6 \
 	  --per_device_train_batch_size 4 --max_new_tokens 128 --learning_rate 1e-5 \

@@ -223,7 +223,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
 
         # as the transformers path: stop at the tokenizer's EOS only (kept), not the generation config's list
-        params = SamplingParams(temperature=float(temperature), top_p=1.0, top_k=0 if temperature > 0 else -1,
+        params = SamplingParams(temperature=float(temperature), top_p=1.0, top_k=0,  # 0: no top-k, as TRL passes it
                                 max_tokens=max_new_tokens, ignore_eos=True, stop_token_ids=[self.eos])
         outputs = self.llm.generate([{"prompt_token_ids": [int(t) for t in c]} for c in contexts], params,
                                     use_tqdm=False)
