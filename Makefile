@@ -37,9 +37,9 @@ install: $(STAMP)
 # Two runs on the embedded model (2 CPU cores):
 # 1. online SDPO from what a simulated user says next: 48 everyday requests answered, a rule-based user who
 #    wants concise, casual, beginner-friendly answers replies, the model learns from the replies with the
-#    contrastive signal (--contrastive_followup matched: the reference signal collapses into apologies and
-#    loops at this size, benchmarks/RESULTS.md); a verdict on 24 held-out requests it never saw;
-# 2. rich-feedback SDPO with sample routing on additions, a run that visibly learns (30 steps, 200 held out).
+#    contrastive signal against a neutral reply (--contrastive_followup neutral: the reference signal collapses
+#    into apologies and loops at this size, benchmarks/RESULTS.md); a verdict on 24 held-out requests;
+# 2. rich-feedback SDPO with sample routing on additions, a run that visibly learns (20 steps, 200 held out).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/sdpo models --prepare
@@ -48,11 +48,11 @@ demo: $(STAMP)
 	@tail -n +201 benchmarks/data/everyday_prompts.jsonl > data/demo/everyday/train.jsonl
 	@rm -rf $(DEMO_DIR) $(DEMO_DIR)-additions
 	$(BIN)/sdpo train-online --train_jsonl data/demo/everyday/train.jsonl --val_jsonl data/demo/everyday/heldout.jsonl \
-	  --simulator rule --style concise_casual_beginner --contrastive_followup matched --max_steps 12 --save_steps 6 \
+	  --simulator rule --style concise_casual_beginner --contrastive_followup neutral --max_steps 12 --save_steps 6 \
 	  --per_device_train_batch_size 4 --max_new_tokens 128 --learning_rate 1e-5 \
 	  --summary_prompts 24 --summary_max_new_tokens 128 --report_to none --output_dir $(DEMO_DIR)
-	@echo "== a run that visibly learns: rich-feedback SDPO with sample routing on additions (30 steps, 200 held out)"
-	$(BIN)/python examples/basic_sdpo.py --method routing --max-steps 30 --train-size 256 --eval-size 200 \
+	@echo "== a run that visibly learns: rich-feedback SDPO with sample routing on additions (20 steps, 200 held out)"
+	$(BIN)/python examples/basic_sdpo.py --method routing --max-steps 20 --train-size 256 --eval-size 200 \
 	  --output-dir $(DEMO_DIR)-additions
 
 # The tests. Some need system packages pip cannot install: bubblewrap (the code sandbox) and

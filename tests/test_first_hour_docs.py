@@ -93,7 +93,9 @@ def test_commands_run_and_write_what_the_readme_says(first_hour):
     assert "\r" not in log and "Trackio project initialized" not in log and "FutureWarning" not in log
     assert sum(line.startswith("trackio: project sdpo, run online") for line in log.splitlines()) == 1
     progress = [line for line in log.splitlines() if line.startswith("online SDPO: ") and "/8 steps" in line]
-    assert [line.split()[2] for line in progress] == [f"{k}/8" for k in range(1, 9)], log
+    steps = [int(line.split()[2].split("/")[0]) for line in progress]
+    # a line per 20 % of the steps (2, 4, 5, 7, 8 of 8), more only where a minute passed between them
+    assert steps == sorted(set(steps)) and {2, 4, 5, 7, 8} <= set(steps) and steps[-1] == 8, log
     assert all("adv=" in line and "signal=" in line and "persona=" in line for line in progress)
 
 
