@@ -20,6 +20,8 @@ Variants (``--variants``, comma-separated):
   select          the reference signal with --selectivity_threshold 0.5 (o0 matched)
   kl              the reference signal + --kl_to_start 0.1
   contrastive+kl  contrastive and kl together
+  frozen          the reference signal scored by the frozen starting weights (--teacher start)
+  neutral+frozen  neutral and frozen together
   oracle          no training: the persona in the system prompt
 
 Prompts: ``benchmarks/data/everyday_prompts.jsonl`` (302 everyday requests written for this
@@ -59,6 +61,8 @@ VARIANTS = {
     "select": {"selectivity_threshold": 0.5},
     "kl": {"kl_to_start": 0.1},
     "contrastive+kl": {"contrastive_followup": "matched", "kl_to_start": 0.1},
+    "frozen": {"teacher": "start"},
+    "neutral+frozen": {"contrastive_followup": "neutral", "teacher": "start"},
     "oracle": None,
 }
 

@@ -437,3 +437,19 @@ def test_chat_update_with_the_options_against_collapse(tmp_path):
     from sdpo.cli import main
 
     assert main(["chat", "--kl_to_start", "nan", "--run_dir", str(tmp_path / "never")]) == 2
+    assert main(["chat", "--teacher", "ema", "--run_dir", str(tmp_path / "never")]) == 2
+
+
+def test_chat_update_with_the_frozen_start_teacher(tmp_path):
+    """--teacher start: the starting weights, frozen, score the follow-up; the policy still learns."""
+    cfg = _cfg(tmp_path / "run", teacher="start")
+    with ChatEngine(cfg) as engine:
+        assert engine.reference_model is not None
+        start = [p.detach().clone() for p in engine.reference_model.parameters()]
+        cid = engine.new_conversation()
+        _say(engine, cid, "Tell me about the sea.")
+        _say(engine, cid, "Shorter, please.")  # one update
+        assert engine.version == 1
+        assert all(torch.equal(a, b) for a, b in zip(start, engine.reference_model.parameters()))
+        moved = [p for p, s in zip(engine.params, start) if not torch.equal(p.detach(), s)]
+        assert moved

@@ -223,3 +223,70 @@ def test_a_failed_follow_up_gets_no_advantage_and_kl_needs_the_start(tiny):
         sdpo_update(model, opt, tok, template, examples, UpdateOptions(kl_to_start=0.1))
     result = sdpo_update(model, opt, tok, template, examples, UpdateOptions(kl_to_start=0.1), reference_model=start)
     assert result.stats["kl"] == pytest.approx(0.0, abs=1e-6)  # lr 0: still the starting weights
+
+
+def _float64_logprobs(model, context, response):
+    """Straightforward float64: one full forward of context + response, log-softmax, the response's tokens."""
+    import copy
+
+    m = copy.deepcopy(model).double().eval()
+    ids = torch.tensor([list(context) + list(response)])
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    start = len(context)
+    return torch.stack([logp[start - 1 + t, tok] for t, tok in enumerate(response)])
+
+
+@pytest.mark.parametrize("contrastive", [None, "neutral"])
+def test_frozen_start_teacher_against_float64(tiny, contrastive):
+    """teacher='start': the hindsight (and generic) contexts are scored by the frozen starting weights,
+    the student by the current ones; checked against float64 forwards of both models after the policy moved."""
+    import copy
+
+    from sdpo.templates import fit_context, get_template
+    from sdpo.trainers.update import UpdateExample, UpdateOptions, generic_followup, sdpo_update
+
+    model, tok = tiny
+    start = copy.deepcopy(model).eval().requires_grad_(False)
+    policy = copy.deepcopy(model).train()
+    with torch.no_grad():  # the policy has moved away from the start
+        g = torch.Generator().manual_seed(3)
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    template = get_template(system_prompt="general")
+    followups = ["That's too long, keep it short.", "Can you say that more casually?"]
+    responses = [tok.encode(t, add_special_tokens=False) for t in ("Write to the landlord today.", "Ask nicely.")]
+    examples = [UpdateExample(REQUEST, r, o) for r, o in zip(responses, followups)]
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    options = UpdateOptions(teacher="start", contrastive_followup=contrastive)
+    with pytest.raises(ValueError, match="reference_model"):
+        sdpo_update(policy, opt, tok, template, examples, options)
+    result = sdpo_update(policy, opt, tok, template, examples, options, reference_model=start)
+    live = sdpo_update(policy, opt, tok, template, examples, UpdateOptions(contrastive_followup=contrastive))
+    for i, (ex, r) in enumerate(zip(examples, responses)):
+        s_ctx, _ = fit_context(tok, template, ex.messages, 2048)
+        t_ctx, _ = fit_context(tok, template, ex.messages, 2048, followup=ex.followup)
+        student = _float64_logprobs(policy, s_ctx, r)
+        teacher = _float64_logprobs(start, t_ctx, r)
+        assert torch.allclose(result.student[i].double(), student, atol=1e-4)
+        assert torch.allclose(result.teacher[i].double(), teacher, atol=1e-4)
+        assert not torch.allclose(live.teacher[i].double(), teacher, atol=1e-3)  # the live teacher is the policy
+        if contrastive:
+            g_ctx, _ = fit_context(tok, template, ex.messages, 2048, followup=generic_followup(contrastive, ex.followup))
+            base = _float64_logprobs(start, g_ctx, r)
+        else:
+            base = student
+        adv = teacher - base
+        adv = adv - adv.mean()
+        assert torch.allclose(torch.tensor(result.advantages[i], dtype=torch.float64), adv, atol=1e-4)
+
+
+def test_teacher_option_is_checked_before_loading():
+    from sdpo.chat.config import ChatConfig, ChatOptionError
+    from sdpo.trainers.online import OnlineSDPOConfig
+
+    with pytest.raises(ValueError, match="teacher"):
+        OnlineSDPOConfig(train_jsonl="x", teacher="ema", output_dir="/tmp/sdpo-never-created")
+    with pytest.raises(ChatOptionError, match="--teacher"):
+        ChatConfig(teacher="ema")

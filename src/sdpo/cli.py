@@ -149,7 +149,7 @@ _GROUP_NAMES: dict[str, tuple[str, ...]] = {
                  "warmup_ratio", "lr_scheduler", "lr_scheduler_type", "schedule_horizon", "ppo_clip", "kl_coef",
                  "loss", "ignore_first_tokens", "mask_eos_advantage", "rule_reward_weight", "epochs", "beta",
                  "update_mode", "collect_only", "train_sampling_strategy", "max_records", "skip_invalid",
-                 "contrastive_followup", "selectivity_threshold", "kl_to_start", "remove_unused_columns", "scale_loss_by_accumulation"),
+                 "contrastive_followup", "selectivity_threshold", "kl_to_start", "teacher", "remove_unused_columns", "scale_loss_by_accumulation"),
     "generation": ("max_new_tokens", "temperature", "top_p", "top_k", "num_generations", "generation_batch_size",
                    "template", "system_prompt", "max_context_tokens", "max_prompt_tokens", "max_prompt_length",
                    "max_response_length", "append_eos", "eval_max_new_tokens", "generation_backend"),

@@ -68,6 +68,10 @@ class ChatConfig:
     kl_to_start: float = field(
         default=0.0, metadata={"help": "policy_gradient, ours (0 = off): per-token KL to the starting weights, "
                                        "against drift over a long session"})
+    teacher: str = field(
+        default="live", metadata={"help": "who scores the answer with your follow-up: live (the model as it is now, "
+                                          "the reference) or start (ours: the starting weights, frozen, so a long "
+                                          "session cannot feed its own drift back through the teacher)"})
     distillation_topk: int = field(default=50, metadata={"help": "topk_distillation: k (reference: 50)"})
     distillation_add_tail: bool = field(default=True, metadata={"help": "topk_distillation: a tail bucket for the "
                                                                         "mass outside the top k (else renormalise)"})
@@ -119,6 +123,8 @@ class ChatConfig:
             bad("template", f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
         if self.advantage_centering not in ("none", "sequence"):
             bad("advantage_centering", f"must be sequence or none, not {self.advantage_centering!r}")
+        if self.teacher not in ("live", "start"):
+            bad("teacher", f"must be live or start, not {self.teacher!r}")
         if not self.learning_rate > 0:
             bad("learning_rate", f"must be > 0, got {self.learning_rate}")
         for name in ("max_new_tokens", "max_context_tokens", "save_every", "turns", "eval_every", "eval_n",

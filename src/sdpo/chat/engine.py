@@ -90,9 +90,10 @@ class ChatEngine:
             self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
             self.template = get_template(cfg.template, system_prompt=cfg.system_prompt)
             self.update_options = UpdateOptions.from_config(cfg)
-            # kl_to_start: a frozen copy of the starting weights (taken before a restart restores later ones)
-            self.reference_model = (copy.deepcopy(model).eval().requires_grad_(False)
-                                    if cfg.kl_to_start and cfg.loss == "policy_gradient" else None)
+            # kl_to_start / teacher=start: a frozen copy of the starting weights (taken before a restart restores
+            # later ones)
+            needs_start = (cfg.kl_to_start and cfg.loss == "policy_gradient") or cfg.teacher == "start"
+            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False) if needs_start else None
             self.device = next(model.parameters()).device
             self.weights_lock = threading.Lock()
             self.version = 0

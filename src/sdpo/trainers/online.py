@@ -124,6 +124,10 @@ class OnlineSDPOConfig:
     kl_to_start: float = field(
         default=0.0, metadata={"help": "ours, 0 = off (the reference's KL coefficient): weight of a per-token KL to the "
                                        "starting model (a frozen copy), against drift and forgetting in long runs"})
+    teacher: str = field(
+        default="live", metadata={"help": "who scores the answer with the follow-up: live (the policy being trained, "
+                                          "the reference) or start (ours: a frozen copy of the starting weights, so "
+                                          "the student cannot feed its own drift back through the teacher)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
@@ -369,10 +373,10 @@ class OnlineSDPOTrainer:
                                                  max_prompt_tokens=cfg.max_prompt_tokens, max_prompts=None,
                                                  seed=cfg.seed)
         self.reference_model = None
-        if cfg.kl_to_start:
+        if cfg.kl_to_start or cfg.teacher == "start":
             import copy
 
-            # the starting weights, frozen: the anchor of kl_to_start
+            # the starting weights, frozen: the anchor of kl_to_start and the teacher of --teacher start
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         from sdpo.models import adamw_options  # fused AdamW where torch has the kernel, foreach otherwise

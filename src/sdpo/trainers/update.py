@@ -40,6 +40,7 @@ from sdpo.signal import EncodedExample, completion_logprobs, hindsight_logprobs
 from sdpo.templates import fit_context
 
 LOSSES = ("policy_gradient", "topk_distillation")
+TEACHERS = ("live", "start")  # who scores the hindsight context: the policy now, or its frozen starting weights
 
 
 @dataclass
@@ -62,6 +63,8 @@ class UpdateOptions:
     contrastive_followup: str | None = None  # A_t = log p(y_t|x,o) - log p(y_t|x,o0), o0 this preset or text
     selectivity_threshold: float = 0.0  # > 0: drop tokens whose shift under o0 is within this of the shift under o
     kl_to_start: float = 0.0  # > 0: + coefficient * KL(policy || starting model) per token (k3), needs a reference
+    teacher: str = "live"  # live: the policy being trained scores the hindsight context (the reference); start: a
+    #                        frozen copy of the starting weights does (needs a reference model), no teacher-student loop
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -109,6 +112,9 @@ def check_signal_options(opt) -> None:
     if c is not None and not str(c).strip():
         raise ValueError("contrastive_followup must be a preset (" + ", ".join(CONTRASTIVE_PRESETS)
                          + ") or a non-empty reply text")
+    teacher = getattr(opt, "teacher", "live")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
     for name in ("selectivity_threshold", "kl_to_start"):
         value = getattr(opt, name, 0.0)
         if value is None or not math.isfinite(value) or value < 0:
@@ -177,7 +183,8 @@ def sdpo_update(
 
     ``options``: an :class:`UpdateOptions` or any config with the same field names.
     ``reference_model``: the frozen starting model, for ``kl_to_start`` (its log-probs of each
-    response in the student context).
+    response in the student context) and ``teacher="start"`` (it scores the hindsight and generic
+    contexts instead of the policy).
     """
     opt = options if isinstance(options, UpdateOptions) else UpdateOptions.from_config(options)
     tok = tokenizer
@@ -201,22 +208,34 @@ def sdpo_update(
                        for ex in examples]
     if opt.kl_to_start and reference_model is None:
         raise ValueError("kl_to_start > 0 needs the starting model (reference_model)")
+    frozen = opt.teacher == "start"
+    if frozen and reference_model is None:
+        raise ValueError("teacher='start' needs the starting model (reference_model)")
+    scorer = reference_model if frozen else model  # who scores the hindsight (and generic) contexts
     accumulate = accelerator.accumulate(model) if accelerator is not None else contextlib.nullcontext()
     with accumulate:
         if opt.loss == "policy_gradient":
-            student, teacher = hindsight_logprobs(model, encoded, pad_token_id=tok.pad_token_id, student_grad=True)
+            if frozen:  # two models: the student with its gradient, the frozen start as the teacher
+                student = completion_logprobs(model, [e.student_context for e in encoded], responses,
+                                              pad_token_id=tok.pad_token_id)
+                with torch.no_grad():
+                    teacher = completion_logprobs(reference_model, [e.teacher_context for e in encoded], responses,
+                                                  pad_token_id=tok.pad_token_id)
+            else:
+                student, teacher = hindsight_logprobs(model, encoded, pad_token_id=tok.pad_token_id,
+                                                      student_grad=True)
             student_logits = teacher_logits = None
             generic = reference = None
             with torch.no_grad():
                 if generic_ctx is not None:
-                    generic = completion_logprobs(model, generic_ctx, responses, pad_token_id=tok.pad_token_id)
+                    generic = completion_logprobs(scorer, generic_ctx, responses, pad_token_id=tok.pad_token_id)
                 if reference_model is not None and opt.kl_to_start:
                     reference = completion_logprobs(reference_model, [e.student_context for e in encoded],
                                                     responses, pad_token_id=tok.pad_token_id)
         else:
             student_logits = [_response_logits(model, e.student_context, e.response) for e in encoded]
             with torch.no_grad():
-                teacher_logits = [_response_logits(model, e.teacher_context, e.response) for e in encoded]
+                teacher_logits = [_response_logits(scorer, e.teacher_context, e.response) for e in encoded]
             student, teacher = [], []
             for sl, tl, e in zip(student_logits, teacher_logits, encoded):
                 ids = torch.tensor(e.response, device=sl.device)
