@@ -314,7 +314,29 @@ def aggregate(out: Path, seeds, variants) -> dict:
             "nonanswer_rate": sum(x["nonanswer_rate"] for x in f) / len(f),
             "words": sum(x["words"] for x in f) / len(f),
         })
-    return {"runs": len(rows), "table": summary}
+    per_seed = [{"persona": r["persona"], "variant": r["variant"], "seed": r["seed"], "wins": r["final"]["judge_wins"],
+                 "losses": r["final"]["judge_losses"], "ties": r["final"]["judge_ties"], "p": r["final"]["judge_p"],
+                 "persona_score": r["final"]["persona_score"], "nonanswer_rate": r["final"]["nonanswer_rate"],
+                 "words": r["final"]["words"]}
+                for r in sorted(rows, key=lambda r: (r["persona"], r["variant"], r["seed"]))
+                if r["variant"] in variants and r["variant"] != "oracle"]
+    return {"runs": len(rows), "table": summary, "per_seed": per_seed}
+
+
+def bar_summary(table) -> dict:
+    """Issue 25's bar per variant: a significant win on every seed (>= 2 seeds) for >= 2 personas without the
+    non-answer rate rising by more than 2 points over the base model's (rows carry ``base`` by then)."""
+    bar: dict[str, list] = {}
+    for row in table:
+        if row["variant"] == "oracle":
+            continue
+        base_na = (row.get("base") or {}).get("nonanswer_rate")
+        ok = (row["significant_win_every_seed"] and base_na is not None
+              and row["nonanswer_rate"] <= base_na + 0.02 + 1e-9)
+        bar.setdefault(row["variant"], [])
+        if ok:
+            bar[row["variant"]].append(row["persona"])
+    return {v: {"personas_won_every_seed": p, "meets_bar": len(p) >= 2} for v, p in bar.items()}
 
 
 def markdown(result: dict) -> str:
@@ -331,6 +353,16 @@ def markdown(result: dict) -> str:
             f"{r['ties']} | {rate} | {r['judge_p_pooled']:.2g} | {b.get('persona_score', float('nan')):.3f} → "
             f"{r['persona_score']:.3f} | {r['persona_p_pooled']:.2g} | {b.get('nonanswer_rate', float('nan')):.3f} → "
             f"{r['nonanswer_rate']:.3f} | {b.get('words', float('nan')):.0f} → {r['words']:.0f} |")
+    if result.get("bar"):
+        lines += ["", "Issue 25's bar (a significant win on every seed for >= 2 of 3 personas, non-answers up <= 2 "
+                  "points): " + "; ".join(f"{v}: {', '.join(b['personas_won_every_seed']) or 'none'}"
+                                          + (" (met)" if b["meets_bar"] else "")
+                                          for v, b in result["bar"].items())]
+    lines += ["", "Per seed:", "", "| persona | variant | seed | judge W / L / T | sign p | persona score | non-answers "
+              "| words |", "|" + "---|" * 8]
+    for r in result.get("per_seed", []):
+        lines.append(f"| {r['persona']} | {r['variant']} | {r['seed']} | {r['wins']} / {r['losses']} / {r['ties']} | "
+                     f"{r['p']:.2g} | {r['persona_score']:.3f} | {r['nonanswer_rate']:.3f} | {r['words']:.0f} |")
     return "\n".join(lines)
 
 
@@ -387,12 +419,22 @@ def plot(out: Path, variants):
         axes[0, j].set_ylabel("persona score (held-out, greedy)")
         axes[1, j].set_ylabel("non-answer rate (held-out)")
         axes[1, j].set_xlabel("optimizer step (4 interactions each)")
-        axes[0, j].set_ylim(-0.02, 1.02)
-        axes[1, j].set_ylim(-0.02, 1.02)
-    axes[0, -1].legend(fontsize=7, loc="best")
+        # the scores here are small: a 0..1 axis would show flat lines
+        for row, floor in ((0, 0.15), (1, 0.5)):
+            top = max([floor] + [y for line in axes[row, j].get_lines() for y in line.get_ydata()
+                                 if y == y])  # NaN-safe
+            axes[row, j].set_ylim(-0.01, min(1.02, 1.1 * top))
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    for ax in axes.flat:  # one legend for all panels, beside them
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle("online SDPO on the embedded model: held-out persona score and non-answers (curves: first "
                  "48 prompts; last point: all held-out)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 0.97))
     fig.savefig(out / "learning-online.png", dpi=100)
     return out / "learning-online.png"
 
@@ -414,6 +456,7 @@ def main(argv=None) -> int:
     result = aggregate(bench.out, args.seeds, args.variants)
     for row in result["table"]:
         row["base"] = base_row(bench.out, row["persona"], bench._tag())
+    result["bar"] = bar_summary(result["table"])
     result.update(machine=platform.processor() or platform.machine(), python=sys.version.split()[0],
                   date=time.strftime("%Y-%m-%d"), command=" ".join(["python", "benchmarks/learning_online.py"]
                                                                    + (argv if argv is not None else sys.argv[1:])),

@@ -45,3 +45,19 @@ def test_smallest_run_end_to_end_and_resumable(tmp_path, capsys):
     before = (tmp_path / "runs" / "concise_casual_beginner__reference__s0.json").stat().st_mtime_ns
     assert bench.main(args) == 0
     assert (tmp_path / "runs" / "concise_casual_beginner__reference__s0.json").stat().st_mtime_ns == before
+
+
+def test_the_bar_of_issue_25_needs_two_personas_every_seed_and_no_more_non_answers():
+    bench = _bench()
+
+    def row(persona, variant, sig, na):
+        return {"persona": persona, "variant": variant, "significant_win_every_seed": sig, "nonanswer_rate": na,
+                "base": {"nonanswer_rate": 0.06}}
+
+    table = [row("a", "x", True, 0.05), row("b", "x", True, 0.08), row("c", "x", False, 0.05),
+             row("a", "y", True, 0.05), row("b", "y", True, 0.09),  # 3 points more non-answers: not a win
+             row("a", "oracle", True, 0.0), row("b", "oracle", True, 0.0)]
+    bar = bench.bar_summary(table)
+    assert bar["x"] == {"personas_won_every_seed": ["a", "b"], "meets_bar": True}
+    assert bar["y"] == {"personas_won_every_seed": ["a"], "meets_bar": False}
+    assert "oracle" not in bar
