@@ -422,17 +422,23 @@ def test_chat_in_a_real_browser(tmp_path):
     assert moved  # the weights changed
 
 
+def _one_update_keeps_the_start_frozen(engine):
+    """One answer, one follow-up (one update); the frozen starting copy is unchanged. Returns its weights."""
+    start = [p.detach().clone() for p in engine.reference_model.parameters()]
+    cid = engine.new_conversation()
+    _say(engine, cid, "Tell me about the sea.")
+    _say(engine, cid, "Shorter, please.")  # one update
+    assert engine.version == 1
+    assert all(torch.equal(a, b) for a, b in zip(start, engine.reference_model.parameters()))
+    return start
+
+
 def test_chat_update_with_the_options_against_collapse(tmp_path):
     """The chat takes the contrastive / selectivity / KL options (docs/online.md); the KL anchor is the
     starting weights, frozen, and an update reports the KL to them."""
     cfg = _cfg(tmp_path / "run", contrastive_followup="matched", selectivity_threshold=0.01, kl_to_start=0.1)
     with ChatEngine(cfg) as engine:
-        start = [p.detach().clone() for p in engine.reference_model.parameters()]
-        cid = engine.new_conversation()
-        _say(engine, cid, "Tell me about the sea.")
-        _say(engine, cid, "Shorter, please.")  # one update
-        assert engine.version == 1
-        assert all(torch.equal(a, b) for a, b in zip(start, engine.reference_model.parameters()))
+        _one_update_keeps_the_start_frozen(engine)
         assert not any(p.requires_grad for p in engine.reference_model.parameters())
     from sdpo.cli import main
 
@@ -445,11 +451,6 @@ def test_chat_update_with_the_frozen_start_teacher(tmp_path):
     cfg = _cfg(tmp_path / "run", teacher="start")
     with ChatEngine(cfg) as engine:
         assert engine.reference_model is not None
-        start = [p.detach().clone() for p in engine.reference_model.parameters()]
-        cid = engine.new_conversation()
-        _say(engine, cid, "Tell me about the sea.")
-        _say(engine, cid, "Shorter, please.")  # one update
-        assert engine.version == 1
-        assert all(torch.equal(a, b) for a, b in zip(start, engine.reference_model.parameters()))
+        start = _one_update_keeps_the_start_frozen(engine)
         moved = [p for p, s in zip(engine.params, start) if not torch.equal(p.detach(), s)]
         assert moved
